@@ -86,6 +86,8 @@ _DESCRIPTIONS = {
 # strtol(s, NULL, 0), but only when it consumes the whole field: hex with 0x,
 # octal with a leading 0, decimal otherwise.
 _COUNT_RE = re.compile(rb"0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*")
+# Significant digits of MAX_COUNT per base: 0xffffffff, 037777777777, 4294967295.
+_MAX_DIGITS = {16: 8, 8: 11, 10: 10}
 _WHITESPACE = frozenset(b" \t\n\r\v\f")
 # What a raw (colon-spelled) IPv6 client can look like, scope id included.
 _IPV6_RE = re.compile(rb"[0-9A-Fa-f.]*:[0-9A-Fa-f:.]*(?:%[A-Za-z0-9_.-]+)?")
@@ -221,12 +223,18 @@ def parse_count(field: bytes) -> Optional[int]:
     if _COUNT_RE.fullmatch(field) is None:
         return None
     if field[:2] in (b"0x", b"0X"):
-        value = int(field[2:], 16)
-    elif field[:1] == b"0" and len(field) > 1:
-        value = int(field[1:], 8)
+        digits, base = field[2:], 16
+    elif field[:1] == b"0":
+        digits, base = field[1:], 8
     else:
-        value = int(field)
-    return min(value, MAX_COUNT)
+        digits, base = field, 10
+    # Any width is legal, but int() refuses more than 4300 decimal digits (and
+    # is slow on huge ones): a number with more significant digits than
+    # 0xffffffff has in its base is past 32 bits, so it clamps without int().
+    digits = digits.lstrip(b"0")
+    if len(digits) > _MAX_DIGITS[base]:
+        return MAX_COUNT
+    return min(int(digits or b"0", base), MAX_COUNT)
 
 
 def _split_client(body: bytes) -> tuple[bytes, bytes]:
