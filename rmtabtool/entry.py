@@ -11,6 +11,7 @@ either an Entry or a :class:`Rejected` that carries the original bytes.
 from __future__ import annotations
 
 import enum
+import ipaddress
 import re
 from typing import Optional, Union
 
@@ -237,11 +238,26 @@ def parse_count(field: bytes) -> Optional[int]:
     return min(int(digits or b"0", base), MAX_COUNT)
 
 
+def _is_ipv6(text: bytes) -> bool:
+    """Is ``text`` an IPv6 address (optionally with a ``%scope``)?"""
+    if _IPV6_RE.fullmatch(text) is None:
+        return False
+    try:
+        ipaddress.IPv6Address(text.decode("ascii"))
+    except ValueError:
+        return False
+    return True
+
+
 def _split_client(body: bytes) -> tuple[bytes, bytes]:
-    """Split ``client:rest``; a raw IPv6 client ends at the ':' before the first ':/'."""
+    """Split ``client:rest``; a raw IPv6 client ends at the ':' before the first ':/'.
+
+    Only a real IPv6 address is recovered that way: ``::/srv/x`` is an empty
+    client (not the "address" ``:``), ``1.2.3.4:5:/x`` a relative path.
+    """
     first = body.find(b":")
     cut = body.find(b":/")
-    if cut <= first or _IPV6_RE.fullmatch(body, 0, cut) is None:
+    if cut <= first or not _is_ipv6(body[:cut]):
         cut = first
     return body[:cut], body[cut + 1 :]
 
