@@ -311,16 +311,24 @@ def format_entry(entry: Entry) -> bytes:
     return b"%s:%s:0x%08x\n" % (entry.client.replace(b":", b";"), entry.path, entry.count)
 
 
-def stops_mountd(line: bytes) -> bool:
+def stops_mountd(line: bytes, *, terminated: bool = True) -> bool:
     """Would rpc.mountd's parser stop reading the file at this line?
 
     mountd ends its parse at the first line that has no ':' in the part it sees
-    (a C string: up to a NUL), and reads over-long lines in ``MAX_LINE``-byte
-    pieces, each parsed as a line of its own.
+    (a C string: up to a NUL), and reads lines with fgets() in pieces of at most
+    ``MAX_LINE`` bytes, the ``\\n`` included, each parsed as a line of its own.
+    So a line of exactly ``MAX_LINE`` bytes before its ``\\n`` stops mountd: the
+    ``\\n`` is read alone, as a blank line.
+
+    ``line`` may come with or without its ``\\n``; it is taken to be terminated
+    by one in the file unless ``terminated`` is false (the last line of a file
+    that lacks its final newline).
     """
     raw = line[:-1] if line.endswith(b"\n") else line
     if not raw:
         return True
+    if terminated:
+        raw += b"\n"
     for start in range(0, len(raw), MAX_LINE):
         piece = raw[start : start + MAX_LINE]
         if b":" not in piece.split(b"\0", 1)[0]:
