@@ -283,21 +283,18 @@ def parse_line(line: bytes) -> Union[Entry, Rejected]:
 
     client, rest = _split_client(body)
     path, sep, field = rest.partition(b":")
-    if not sep:
-        count: Optional[int] = 1
-    else:
-        count = parse_count(field)
-        if count is None:
-            # mountd would cut the path at this ':'. If what follows does not even
-            # start like a number, the ':' was part of the path, not a separator.
-            starts_numeric = field[:1].isdigit() or field[:1] in (b"+", b"-", b"")
-            starts_numeric = starts_numeric or field[:1] in (b" ", b"\t")
-            reason = Reason.BAD_COUNT if starts_numeric else Reason.PATH_COLON
-            if not client:
-                reason = Reason.EMPTY_CLIENT
-            elif not path.startswith(b"/"):
-                reason = Reason.PATH_NOT_ABSOLUTE
-            return Rejected(raw, reason)
+    count = parse_count(field) if sep else 1
+    if count is None:
+        # mountd would cut the path at this ':'. If what follows does not even
+        # start like a number, the ':' was part of the path, not a separator.
+        starts_numeric = field[:1].isdigit() or field[:1] in (b"+", b"-", b"")
+        starts_numeric = starts_numeric or field[:1] in (b" ", b"\t")
+        why = Reason.BAD_COUNT if starts_numeric else Reason.PATH_COLON
+        if not client:
+            why = Reason.EMPTY_CLIENT
+        elif not path.startswith(b"/"):
+            why = Reason.PATH_NOT_ABSOLUTE
+        return Rejected(raw, why)
 
     client = client.replace(b";", b":")
     reason = _check(client, path, count)
