@@ -1,0 +1,1 @@
+"""Interop tests against the real rpc.mountd from nfs-utils (see README.md here)."""
