@@ -42,6 +42,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import resource
 import select
 import shutil
 import signal
@@ -62,6 +63,8 @@ NONROOT_ENV = "RMTABTOOL_INTEROP_AS_NONROOT"
 #: bounds for every wait in the harness (seconds)
 START_TIMEOUT = 10.0
 STOP_TIMEOUT = 5.0
+#: RLIMIT_STACK for the daemons (see _daemon_preexec)
+DAEMON_STACK = 8 * 1024 * 1024
 
 _EXPORT_OPTIONS = "rw,insecure,no_subtree_check,no_root_squash"
 
@@ -185,6 +188,14 @@ class Mountd:
     def alive(self) -> bool:
         return all(proc.poll() is None for proc in self._procs)
 
+    def mountd_exit_status(self, timeout: float = 0.0) -> Optional[int]:
+        """mountd's exit status (``-N``: killed by signal N) within ``timeout`` s, or None."""
+        proc = next(p for p in self._procs if p.pid == self.pid)
+        try:
+            return proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
     # -- life cycle ---------------------------------------------------------------
 
     def start(self) -> None:
@@ -303,7 +314,7 @@ class Mountd:
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
-            preexec_fn=_die_with_parent,
+            preexec_fn=_daemon_preexec,
         )
         return proc.pid
 
@@ -412,14 +423,23 @@ class Mountd:
         return found
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: SIGTERM it when pytest dies, even by SIGKILL.
+def _daemon_preexec() -> None:
+    """In the child before exec: die with pytest, and a fixed 8 MiB stack limit.
 
-    nsenter execs the daemon in place, and the setting survives exec; rpcbind
-    loses it when it switches to its own user (the kernel clears it then).
+    PR_SET_PDEATHSIG: SIGTERM when pytest dies, even by SIGKILL. nsenter execs
+    the daemon in place and the setting survives exec; rpcbind loses it when it
+    switches to its own user (the kernel clears it then).
+
+    RLIMIT_STACK: mountd's DUMP reply is encoded recursively, one stack frame
+    per rmtab line, so how large a DUMP it survives depends on the stack limit.
+    8 MiB is the usual default (and systemd's): fixed here so the result does
+    not depend on the ulimit of whoever runs pytest.
     """
     pr_set_pdeathsig = 1
     ctypes.CDLL(None).prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
+    _, hard = resource.getrlimit(resource.RLIMIT_STACK)
+    soft = DAEMON_STACK if hard == resource.RLIM_INFINITY else min(DAEMON_STACK, hard)
+    resource.setrlimit(resource.RLIMIT_STACK, (soft, hard))
 
 
 def _readline(stream: IO[bytes], timeout: float) -> bytes:

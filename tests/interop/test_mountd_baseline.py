@@ -10,6 +10,7 @@ lines of other clients are observed through DUMP and through mountd's rewrite.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 
 import pytest
@@ -17,7 +18,7 @@ import pytest
 from rmtabtool import Entry, format_entry, read_bytes
 
 from .conftest import Mountd
-from .mountproto import MNT3_OK, MNT3ERR_ACCES, MNT3ERR_NOENT, getport
+from .mountproto import MNT3_OK, MNT3ERR_ACCES, MNT3ERR_NOENT, RpcError, getport
 
 pytestmark = [pytest.mark.mountd, pytest.mark.root]
 
@@ -152,6 +153,22 @@ def test_after_library_dedupe_every_other_entry_survives_umnts(mountd: Mountd) -
     mountd.new_mtime_second()
     assert mountd.dump() == _dump_of(expected)
     assert "malformed" not in mountd.log_text()
+
+
+def test_dump_of_a_bloated_rmtab_kills_mountd(mountd: Mountd) -> None:
+    # mountd XDR-encodes the DUMP list recursively: one stack frame per line it
+    # read. With an 8 MiB stack it dies between 57,500 and 60,000 lines (seen),
+    # duplicates included; the seed incident's file had tens of millions.
+    line = format_entry(Entry(b"10.0.0.1", mountd.export))
+    mountd.write_rmtab(line * 100_000)
+
+    with pytest.raises((RpcError, OSError)):
+        mountd.dump()  # what `showmount -a` asks for
+
+    assert mountd.mountd_exit_status(timeout=5) == -signal.SIGSEGV
+    mountd.stop(allow_exited=True)
+    # the same file deduplicated is one line
+    assert read_bytes(line * 100_000).table.to_bytes() == line
 
 
 def test_umnt_decrements_drops_at_zero_and_canonicalises_every_line(mountd: Mountd) -> None:
