@@ -1,0 +1,746 @@
+"""The commands as library functions: stats, dedupe, merge, backup, restore, forget.
+
+Each function takes paths and options, does its work through the table,
+safefile and locking modules, and returns a result record saying what changed.
+Nothing here prints or exits: the CLI renders results and maps the exceptions
+of :mod:`rmtabtool.errors` to exit codes.
+
+Rejected lines: a command that rewrites a file IN PLACE removes that file's
+rejected lines from it and appends them, byte-exact, to ``<file>.rejects`` (or
+the ``rejects`` path given), each distinct line once, before the rename: if the
+rename then fails, the original still holds them, so nothing is ever lost.
+Read-only sources are never modified; their rejected lines are only reported.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO, Callable, Optional, Union
+
+from . import errors
+from .entry import Entry
+from .safefile import FileState, RewriteReport, is_same_file, read_snapshot, rewrite_file
+from .table import ReadResult, RejectedLine, Table, path_in_export, read_table
+
+__all__ = [
+    "DEFAULT_RMTAB",
+    "RMTAB_ENV",
+    "Live",
+    "StatsResult",
+    "WriteResult",
+    "backup",
+    "dedupe",
+    "forget",
+    "merge",
+    "restore",
+    "stats",
+]
+
+DEFAULT_RMTAB = "/var/lib/nfs/rmtab"
+RMTAB_ENV = "RMTABTOOL_RMTAB"
+STDIO = "-"
+
+PathArg = Union[str, "os.PathLike[str]"]
+
+
+@dataclass(frozen=True)
+class Live:
+    """The live rmtab as configured: rpc.mountd's statedir is its directory.
+
+    The statedir is taken from the path as given (where mountd looks), not from
+    a symlink's target, because that is where mountd's ``.rmtab.lock`` lives.
+    """
+
+    path: Path
+    lock_timeout: float = 10.0
+
+    @classmethod
+    def from_env(cls, path: Optional[PathArg] = None, lock_timeout: float = 10.0) -> Live:
+        chosen = path if path is not None else os.environ.get(RMTAB_ENV) or DEFAULT_RMTAB
+        return cls(Path(os.path.abspath(os.fspath(chosen))), lock_timeout)
+
+    @property
+    def statedir(self) -> Path:
+        return self.path.parent
+
+    def statedir_for(self, target: PathArg) -> Optional[Path]:
+        """mountd's statedir when ``target`` is the live rmtab, else None."""
+        target_abs = os.path.abspath(os.fspath(target))
+        if target_abs == os.fspath(self.path) or is_same_file(target_abs, self.path):
+            return self.statedir
+        return None
+
+
+# ---------------------------------------------------------------- results
+
+
+@dataclass
+class WriteResult:
+    """What a writing command did (or, under dry_run, would do)."""
+
+    command: str
+    file: str
+    changed: bool = False
+    dry_run: bool = False
+    created: bool = False
+    lines_in: int = 0
+    entries_out: int = 0
+    duplicates_removed: int = 0
+    zero_dropped: int = 0
+    rejected: int = 0
+    rejects_file: Optional[str] = None
+    rejected_lines: list[RejectedLine] = field(default_factory=list)
+    removed: list[Entry] = field(default_factory=list)
+    ignored_outside_export: int = 0
+    lock_wait_seconds: float = 0.0
+    lock_hold_seconds: float = 0.0
+    skipped: Optional[str] = None
+    warnings: list[str] = field(default_factory=list)
+    #: canonical lines, when the output is a stream the caller writes (``-o -``)
+    content: Optional[Iterable[bytes]] = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "command": self.command,
+            "file": self.file,
+            "changed": self.changed,
+            "dry_run": self.dry_run,
+            "created": self.created,
+            "lines_in": self.lines_in,
+            "entries_out": self.entries_out,
+            "duplicates_removed": self.duplicates_removed,
+            "zero_dropped": self.zero_dropped,
+            "rejected": self.rejected,
+            "rejected_by_reason": _by_reason(self.rejected_lines),
+            "rejects_file": self.rejects_file,
+            "removed": [_entry_json(e) for e in self.removed],
+            "ignored_outside_export": self.ignored_outside_export,
+            "lock_wait_seconds": round(self.lock_wait_seconds, 6),
+            "lock_hold_seconds": round(self.lock_hold_seconds, 6),
+            "skipped": self.skipped,
+            "warnings": list(self.warnings),
+        }
+
+
+@dataclass
+class PathStats:
+    path: bytes
+    clients: int
+    mounts: int
+
+
+@dataclass
+class ClientStats:
+    client: bytes
+    paths: int
+    mounts: int
+
+
+@dataclass
+class StatsResult:
+    file: str
+    bytes: int
+    lines: int
+    entries: int
+    duplicate_lines: int
+    bloat: float
+    rejected: int
+    rejected_by_reason: dict[str, int]
+    rejected_lines: list[RejectedLine]
+    mountd_stops_at_line: Optional[int]
+    mountd_hidden_lines: int
+    zero_count_entries: int
+    clients: int
+    paths: list[PathStats]
+    top_clients: list[ClientStats]
+    size_after_dedupe: int
+    missing_final_newline: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "file": self.file,
+            "bytes": self.bytes,
+            "lines": self.lines,
+            "entries": self.entries,
+            "duplicate_lines": self.duplicate_lines,
+            "bloat": round(self.bloat, 4),
+            "rejected": self.rejected,
+            "rejected_by_reason": dict(self.rejected_by_reason),
+            "mountd_stops_at_line": self.mountd_stops_at_line,
+            "mountd_hidden_lines": self.mountd_hidden_lines,
+            "zero_count_entries": self.zero_count_entries,
+            "clients": self.clients,
+            "paths": [
+                {"path": show_bytes(p.path), "clients": p.clients, "mounts": p.mounts}
+                for p in self.paths
+            ],
+            "top_clients": [
+                {"client": show_bytes(c.client), "paths": c.paths, "mounts": c.mounts}
+                for c in self.top_clients
+            ],
+            "size_after_dedupe": self.size_after_dedupe,
+            "missing_final_newline": self.missing_final_newline,
+        }
+
+
+def show_bytes(data: bytes) -> str:
+    """Text for a client or path: UTF-8 where it is, undecodable bytes as \\xNN."""
+    return data.decode("utf-8", "backslashreplace")
+
+
+def _entry_json(entry: Entry) -> dict[str, Any]:
+    return {
+        "client": show_bytes(entry.client),
+        "path": show_bytes(entry.path),
+        "count": entry.count,
+    }
+
+
+def _by_reason(rejected: Iterable[RejectedLine]) -> dict[str, int]:
+    result: dict[str, int] = {}
+    for rej in rejected:
+        result[rej.reason.value] = result.get(rej.reason.value, 0) + rej.occurrences
+    return result
+
+
+# ---------------------------------------------------------------- reading
+
+
+def _read_source(
+    source: PathArg,
+    live: Live,
+    *,
+    stdin: Optional[BinaryIO] = None,
+    jobs: int = 1,
+) -> ReadResult:
+    """Read an input file (``-`` is stdin); the live rmtab is read consistently."""
+    name = os.fspath(source)
+    if name == STDIO:
+        if stdin is None:
+            raise errors.UsageError("'-' (standard input) is not available here")
+        try:
+            return read_table(stdin)
+        except OSError as exc:
+            raise errors.from_oserror(exc, "<stdin>", "read", reading=True) from exc
+    _check_regular_input(name)
+    statedir = live.statedir_for(name)
+    if statedir is not None:
+        result, _state = read_snapshot(name, mountd_statedir=statedir, timeout=live.lock_timeout)
+        return result
+    try:
+        return read_table(name) if jobs == 1 else read_table(name, jobs=jobs)
+    except OSError as exc:
+        raise errors.from_oserror(exc, name, "read", reading=True) from exc
+
+
+def _check_regular_input(name: str) -> None:
+    try:
+        st = os.stat(name)
+    except OSError as exc:
+        raise errors.from_oserror(exc, name, "read", reading=True) from exc
+    if stat.S_ISDIR(st.st_mode):
+        raise errors.InputMissing(f"cannot read {name}: it is a directory, not an rmtab file")
+    if not (stat.S_ISREG(st.st_mode) or stat.S_ISFIFO(st.st_mode) or stat.S_ISCHR(st.st_mode)):
+        raise errors.InputMissing(f"cannot read {name}: not a regular file")
+
+
+def _strict_check(strict: bool, results: Iterable[tuple[str, Optional[ReadResult]]]) -> None:
+    if not strict:
+        return
+    for name, result in results:
+        if result is not None and result.rejected:
+            first = result.rejected[0]
+            raise errors.RejectedLinesError(
+                f"{name}: {result.rejected_lines} rejected line(s), first at line "
+                f"{first.first_line} ({first.reason.description}); nothing written (--strict)"
+            )
+
+
+def _drop_zero(table: Table) -> tuple[Table, int]:
+    kept = table.filter(e.count != 0 for e in table)
+    return kept, len(table) - len(kept)
+
+
+def _rejects_path(target: Path, rejects: Optional[PathArg]) -> Path:
+    return Path(os.fspath(rejects)) if rejects is not None else Path(f"{target}.rejects")
+
+
+def append_rejects(path: Path, rejected: Sequence[RejectedLine]) -> None:
+    """Append each distinct rejected line once, byte-exact, newline-terminated; fsync."""
+    if not rejected:
+        return
+    data = b"".join(r.line + b"\n" for r in rejected)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        raise errors.from_oserror(exc, path, "create rejects file") from exc
+    try:
+        view = memoryview(data)
+        while view:
+            written = os.write(fd, view)
+            view = view[written:]
+        os.fsync(fd)
+    except OSError as exc:
+        raise errors.from_oserror(exc, path, "write rejects file") from exc
+    finally:
+        os.close(fd)
+
+
+# ---------------------------------------------------------------- rewriting
+
+
+@dataclass
+class _Plan:
+    """The outcome of one build over one snapshot, kept for the result record."""
+
+    table: Table = field(default_factory=Table)
+    lines_in: int = 0
+    merged_entries: int = 0
+    zero_dropped: int = 0
+    removed: list[Entry] = field(default_factory=list)
+    own_rejected: list[RejectedLine] = field(default_factory=list)
+
+
+def _rewrite_in_place(
+    command: str,
+    target: PathArg,
+    live: Live,
+    compose: Callable[[Optional[ReadResult], _Plan], Table],
+    *,
+    dry_run: bool,
+    strict: bool,
+    rejects: Optional[PathArg],
+    source_rejected: Sequence[RejectedLine] = (),
+) -> tuple[WriteResult, _Plan]:
+    """Rewrite ``target`` from its own snapshot via ``compose``, safely.
+
+    ``compose(snapshot, plan)`` returns the new table and fills ``plan``; it may be
+    called again when rpc.mountd changed the file under us.
+    """
+    target_path = Path(os.path.abspath(os.fspath(target)))
+    statedir = live.statedir_for(target_path)
+    plan_box: list[_Plan] = []
+
+    def build(snapshot: Optional[ReadResult]) -> Iterator[bytes]:
+        _strict_check(strict, [(os.fspath(target_path), snapshot)])
+        plan = _Plan()
+        if snapshot is not None:
+            plan.own_rejected = list(snapshot.rejected)
+        plan.table = compose(snapshot, plan)
+        plan_box[:] = [plan]
+        return plan.table.lines()
+
+    rejects_path = _rejects_path(target_path, rejects)
+
+    def before_commit(snapshot: Optional[ReadResult]) -> None:
+        if snapshot is not None:
+            append_rejects(rejects_path, snapshot.rejected)
+
+    report: RewriteReport = rewrite_file(
+        target_path,
+        build,
+        mountd_statedir=statedir,
+        timeout=live.lock_timeout,
+        dry_run=dry_run,
+        before_commit=before_commit,
+    )
+    plan = plan_box[-1]
+    own = plan.own_rejected
+    result = WriteResult(
+        command=command,
+        file=os.fspath(target_path),
+        changed=report.changed,
+        dry_run=dry_run,
+        created=report.created,
+        lines_in=plan.lines_in,
+        entries_out=len(plan.table),
+        duplicates_removed=max(
+            plan.lines_in - _count_rejected(own, source_rejected) - plan.merged_entries, 0
+        ),
+        zero_dropped=plan.zero_dropped,
+        rejected=_count_rejected(own, source_rejected),
+        rejects_file=os.fspath(rejects_path) if own else None,
+        rejected_lines=list(own) + list(source_rejected),
+        removed=plan.removed,
+        lock_wait_seconds=report.lock_wait_seconds,
+        lock_hold_seconds=report.lock_hold_seconds,
+    )
+    return result, plan
+
+
+def _count_rejected(*groups: Iterable[RejectedLine]) -> int:
+    return sum(r.occurrences for group in groups for r in group)
+
+
+def _write_output(
+    command: str,
+    output: PathArg,
+    table: Table,
+    live: Live,
+    *,
+    dry_run: bool,
+) -> WriteResult:
+    """Write ``table`` to ``output`` (a file, atomically; ``-``: returned as content)."""
+    name = os.fspath(output)
+    if name == STDIO:
+        return WriteResult(
+            command=command,
+            file=STDIO,
+            changed=True,
+            dry_run=dry_run,
+            content=None if dry_run else table.lines(),
+        )
+    out_path = Path(os.path.abspath(name))
+    if out_path.is_dir():
+        raise errors.OutputError(f"cannot write {name}: it is a directory")
+    report = rewrite_file(
+        out_path,
+        lambda _snapshot: table.lines(),
+        mountd_statedir=live.statedir_for(out_path),
+        timeout=live.lock_timeout,
+        dry_run=dry_run,
+    )
+    return WriteResult(
+        command=command,
+        file=os.fspath(out_path),
+        changed=report.changed,
+        dry_run=dry_run,
+        created=report.created,
+        lock_wait_seconds=report.lock_wait_seconds,
+        lock_hold_seconds=report.lock_hold_seconds,
+    )
+
+
+# ---------------------------------------------------------------- commands
+
+
+def stats(
+    source: Optional[PathArg],
+    live: Live,
+    *,
+    stdin: Optional[BinaryIO] = None,
+    top: int = 10,
+    jobs: int = 1,
+) -> StatsResult:
+    """Describe an rmtab (default: the live one) without changing anything."""
+    name = os.fspath(source) if source is not None else os.fspath(live.path)
+    result = _read_source(name, live, stdin=stdin, jobs=jobs)
+    table = result.table
+    per_path: dict[bytes, list[int]] = {}
+    per_client: dict[bytes, list[int]] = {}
+    zero = 0
+    size_after = 0
+    for entry in table:
+        size_after += len(entry.client) + len(entry.path) + 13
+        if entry.count == 0:
+            zero += 1
+        p = per_path.setdefault(entry.path, [0, 0])
+        p[0] += 1
+        p[1] += entry.count
+        c = per_client.setdefault(entry.client, [0, 0])
+        c[0] += 1
+        c[1] += entry.count
+    paths = [PathStats(path, v[0], v[1]) for path, v in sorted(per_path.items())]
+    clients_sorted = sorted(per_client.items(), key=lambda kv: (-kv[1][1], -kv[1][0], kv[0]))
+    top_clients = [ClientStats(client, v[0], v[1]) for client, v in clients_sorted[:top]]
+    stop = result.mountd_stops_at_line
+    return StatsResult(
+        file=name,
+        bytes=result.bytes_read,
+        lines=result.lines,
+        entries=len(table),
+        duplicate_lines=result.duplicate_lines,
+        bloat=result.lines / max(len(table), 1),
+        rejected=result.rejected_lines,
+        rejected_by_reason=result.rejected_by_reason(),
+        rejected_lines=list(result.rejected),
+        mountd_stops_at_line=stop,
+        mountd_hidden_lines=0 if stop is None else result.lines - stop,
+        zero_count_entries=zero,
+        clients=len(per_client),
+        paths=paths,
+        top_clients=top_clients,
+        size_after_dedupe=size_after,
+        missing_final_newline=result.missing_final_newline,
+    )
+
+
+def dedupe(
+    file: Optional[PathArg],
+    live: Live,
+    *,
+    output: Optional[PathArg] = None,
+    dry_run: bool = False,
+    drop_zero: bool = False,
+    strict: bool = False,
+    rejects: Optional[PathArg] = None,
+    stdin: Optional[BinaryIO] = None,
+    jobs: int = 1,
+) -> WriteResult:
+    """One canonical line per (client, path), max count, first-seen order."""
+    name = os.fspath(file) if file is not None else os.fspath(live.path)
+    if output is None:
+        if name == STDIO:
+            raise errors.UsageError("dedupe of standard input needs -o/--output")
+        _check_regular_input(name)
+
+        def compose(snapshot: Optional[ReadResult], plan: _Plan) -> Table:
+            if snapshot is None:
+                raise errors.InputMissing(f"cannot read {name}: No such file or directory")
+            plan.lines_in = snapshot.lines
+            plan.merged_entries = len(snapshot.table)
+            table, plan.zero_dropped = (
+                _drop_zero(snapshot.table) if drop_zero else (snapshot.table, 0)
+            )
+            return table
+
+        result, _plan = _rewrite_in_place(
+            "dedupe", name, live, compose, dry_run=dry_run, strict=strict, rejects=rejects
+        )
+        return result
+
+    source = _read_source(name, live, stdin=stdin, jobs=jobs)
+    _strict_check(strict, [(name, source)])
+    table, zero_dropped = _drop_zero(source.table) if drop_zero else (source.table, 0)
+    result = _write_output("dedupe", output, table, live, dry_run=dry_run)
+    _fill_counts(result, [source], table, zero_dropped)
+    return result
+
+
+def _fill_counts(
+    result: WriteResult, sources: Sequence[ReadResult], table: Table, zero_dropped: int
+) -> None:
+    result.lines_in = sum(s.lines for s in sources)
+    result.entries_out = len(table)
+    result.zero_dropped = zero_dropped
+    result.rejected_lines = [r for s in sources for r in s.rejected]
+    result.rejected = _count_rejected(result.rejected_lines)
+    valid = sum(s.valid_lines for s in sources)
+    result.duplicates_removed = max(valid - (len(table) + zero_dropped), 0)
+
+
+def merge(
+    sources: Sequence[PathArg],
+    live: Live,
+    *,
+    into: Optional[PathArg] = None,
+    output: Optional[PathArg] = None,
+    dry_run: bool = False,
+    drop_zero: bool = False,
+    strict: bool = False,
+    rejects: Optional[PathArg] = None,
+    stdin: Optional[BinaryIO] = None,
+    jobs: int = 1,
+) -> WriteResult:
+    """Union of the sources under the merge law (max count, first-seen order).
+
+    ``into``: merged into that file in place (its own entries first; created if
+    missing). ``output``: written there (``-`` or None: returned as content).
+    """
+    if into is not None and output is not None:
+        raise errors.UsageError("--into and -o/--output exclude each other")
+    if not sources:
+        raise errors.UsageError("merge needs at least one SOURCE")
+    if sum(1 for s in sources if os.fspath(s) == STDIO) > 1:
+        raise errors.UsageError("standard input ('-') can be read only once")
+    read = [(os.fspath(s), _read_source(s, live, stdin=stdin, jobs=jobs)) for s in sources]
+    _strict_check(strict, read)
+    incoming = Table()
+    for _name, res in read:
+        incoming.update(res.table)
+    source_rejected = [r for _name, res in read for r in res.rejected]
+
+    if into is not None:
+        into_name = os.fspath(into)
+
+        def compose(snapshot: Optional[ReadResult], plan: _Plan) -> Table:
+            own = snapshot.table if snapshot is not None else Table()
+            merged = own.merged(incoming)
+            plan.lines_in = (snapshot.lines if snapshot else 0) + sum(r.lines for _, r in read)
+            plan.merged_entries = len(merged)
+            table, plan.zero_dropped = _drop_zero(merged) if drop_zero else (merged, 0)
+            return table
+
+        result, _plan = _rewrite_in_place(
+            "merge",
+            into_name,
+            live,
+            compose,
+            dry_run=dry_run,
+            strict=strict,
+            rejects=rejects,
+            source_rejected=source_rejected,
+        )
+        return result
+
+    table, zero_dropped = _drop_zero(incoming) if drop_zero else (incoming, 0)
+    result = _write_output(
+        "merge", output if output is not None else STDIO, table, live, dry_run=dry_run
+    )
+    _fill_counts(result, [r for _, r in read], table, zero_dropped)
+    return result
+
+
+def _export_bytes(export_dir: PathArg) -> bytes:
+    raw = os.fsencode(os.path.normpath(os.path.abspath(os.fspath(export_dir))))
+    return raw
+
+
+def backup(
+    export_dir: PathArg,
+    live: Live,
+    *,
+    to: Optional[PathArg] = None,
+    exact: bool = False,
+    missing_ok: bool = False,
+    dry_run: bool = False,
+) -> WriteResult:
+    """Write the live rmtab's entries for one export to its backup file, atomically.
+
+    A missing or unreadable live rmtab leaves an existing backup untouched (an
+    unmounted /var must not wipe a good backup).
+    """
+    export = _export_bytes(export_dir)
+    dest = Path(os.fspath(to)) if to is not None else Path(os.fspath(export_dir)) / ".rmtab"
+    try:
+        snapshot, _state = _read_live(live)
+    except errors.InputMissing as exc:
+        if not missing_ok:
+            raise
+        return WriteResult(
+            command="backup",
+            file=os.fspath(dest),
+            dry_run=dry_run,
+            skipped=str(exc),
+            warnings=[f"{exc}; backup left untouched"],
+        )
+    selected = snapshot.table.select_export(export, exact=exact)
+    result = _write_output("backup", dest, selected, live, dry_run=dry_run)
+    result.lines_in = snapshot.lines
+    result.entries_out = len(selected)
+    result.ignored_outside_export = len(snapshot.table) - len(selected)
+    result.rejected_lines = list(snapshot.rejected)
+    result.rejected = snapshot.rejected_lines
+    return result
+
+
+def _read_live(live: Live) -> tuple[ReadResult, FileState]:
+    name = os.fspath(live.path)
+    _check_regular_input(name)
+    return read_snapshot(name, mountd_statedir=live.statedir, timeout=live.lock_timeout)
+
+
+def restore(
+    export_dir: PathArg,
+    live: Live,
+    *,
+    from_: Optional[PathArg] = None,
+    exact: bool = False,
+    missing_ok: bool = False,
+    replace: bool = False,
+    drop_zero: bool = False,
+    strict: bool = False,
+    rejects: Optional[PathArg] = None,
+    dry_run: bool = False,
+) -> WriteResult:
+    """Merge an export's backup into the live rmtab (never append), atomically.
+
+    Restoring k times gives the same file as restoring once. With ``replace`` the
+    backup is authoritative for this export: local entries under the export that
+    the backup lacks are removed (and listed). Other exports are never touched.
+    """
+    export = _export_bytes(export_dir)
+    src = Path(os.fspath(from_)) if from_ is not None else Path(os.fspath(export_dir)) / ".rmtab"
+    try:
+        _check_regular_input(os.fspath(src))
+        backup_read = read_table(src)
+    except errors.InputMissing as exc:
+        if not missing_ok:
+            raise
+        return WriteResult(
+            command="restore",
+            file=os.fspath(live.path),
+            dry_run=dry_run,
+            skipped=str(exc),
+            warnings=[f"{exc}; nothing restored"],
+        )
+    except OSError as exc:
+        raise errors.from_oserror(exc, src, "read", reading=True) from exc
+    _strict_check(strict, [(os.fspath(src), backup_read)])
+    wanted = backup_read.table.select_export(export, exact=exact)
+    ignored = len(backup_read.table) - len(wanted)
+    # the live file may not exist yet (fresh node): that is normal, it is created
+
+    def compose(snapshot: Optional[ReadResult], plan: _Plan) -> Table:
+        own = snapshot.table if snapshot is not None else Table()
+        plan.lines_in = (snapshot.lines if snapshot else 0) + backup_read.lines
+        if replace:
+            keep = [
+                not path_in_export(e.path, export, exact=exact) or e.key in wanted_keys for e in own
+            ]
+            plan.removed = [e for e, k in zip(own, keep) if not k]
+            own = own.filter(keep)
+        merged = own.merged(wanted)
+        plan.merged_entries = len(merged) + len(plan.removed)
+        table, plan.zero_dropped = _drop_zero(merged) if drop_zero else (merged, 0)
+        return table
+
+    wanted_keys = {e.key for e in wanted}
+    result, _plan = _rewrite_in_place(
+        "restore",
+        live.path,
+        live,
+        compose,
+        dry_run=dry_run,
+        strict=strict,
+        rejects=rejects,
+        source_rejected=list(backup_read.rejected),
+    )
+    result.ignored_outside_export = ignored
+    return result
+
+
+def forget(
+    live: Live,
+    *,
+    clients: Sequence[bytes] = (),
+    path: Optional[bytes] = None,
+    export: Optional[PathArg] = None,
+    file: Optional[PathArg] = None,
+    dry_run: bool = False,
+    strict: bool = False,
+    rejects: Optional[PathArg] = None,
+) -> WriteResult:
+    """Remove stale entries matching ALL given filters, in place, locked."""
+    if not clients and path is None and export is None:
+        raise errors.UsageError("forget needs at least one of --client, --path, --export")
+    wanted_clients = {c.replace(b";", b":") for c in clients}
+    export_b = _export_bytes(export) if export is not None else None
+    name = os.fspath(file) if file is not None else os.fspath(live.path)
+    _check_regular_input(name)
+
+    def matches(entry: Entry) -> bool:
+        if wanted_clients and entry.client not in wanted_clients:
+            return False
+        if path is not None and entry.path != path:
+            return False
+        return export_b is None or path_in_export(entry.path, export_b)
+
+    def compose(snapshot: Optional[ReadResult], plan: _Plan) -> Table:
+        if snapshot is None:
+            raise errors.InputMissing(f"cannot read {name}: No such file or directory")
+        plan.lines_in = snapshot.lines
+        table = snapshot.table
+        keep = [not matches(e) for e in table]
+        plan.removed = [e for e, k in zip(table, keep) if not k]
+        plan.merged_entries = len(table)
+        return table.filter(keep)
+
+    result, _plan = _rewrite_in_place(
+        "forget", name, live, compose, dry_run=dry_run, strict=strict, rejects=rejects
+    )
+    return result
