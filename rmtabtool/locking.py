@@ -1,0 +1,396 @@
+"""The two locks a rewrite takes: ours (between rmtabtool runs) and rpc.mountd's.
+
+:class:`ToolLock` is a ``filelock`` (``flock(2)``) on a hidden file of our own next
+to the target. It serialises rmtabtool runs and nothing else: rpc.mountd never
+looks at it.
+
+:class:`MountdLock` is the lock rpc.mountd itself takes before every MNT, UMNT
+(exclusive) and DUMP (shared): a POSIX record lock (``fcntl.lockf``) over the whole
+of ``<statedir>/.rmtab.lock``. Two rules from the kernel shape this module:
+
+* ``flock`` and POSIX locks do not see each other on Linux, so ``filelock``
+  cannot exclude mountd and must never be pointed at ``.rmtab.lock``.
+* a POSIX lock belongs to the *process* and is dropped when the process closes
+  ANY descriptor of that file. So ``.rmtab.lock`` is opened once per process (a
+  process-wide registry keyed by device and inode) and that descriptor is never
+  closed while a lock could be held through it.
+
+mountd waits forever for its lock and is single-threaded: every MNT and UMNT
+stalls while we hold it. Callers hold it for a stat and a rename, nothing more;
+``hold_seconds`` measures it so they can report it.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import struct
+import threading
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import Optional
+
+import filelock
+
+from . import errors
+
+__all__ = [
+    "MOUNTD_LOCK_NAME",
+    "TOOL_LOCK_SUFFIX",
+    "MountdLock",
+    "ToolLock",
+    "tool_lock_path",
+]
+
+#: The file rpc.mountd locks, in its state directory (nfs-utils ``_PATH_RMTABLCK``).
+MOUNTD_LOCK_NAME = ".rmtab.lock"
+#: Our own lock for a target ``<dir>/<name>`` is ``<dir>/.<name>.rmtabtool-lock``.
+TOOL_LOCK_SUFFIX = ".rmtabtool-lock"
+
+# Polling: mountd holds its lock for a few milliseconds per request, so start with
+# short sleeps and back off to a ceiling that keeps us responsive.
+_POLL_FIRST = 0.001
+_POLL_MAX = 0.02
+
+# lockf() reports a conflicting lock as EAGAIN or EACCES (POSIX allows both).
+_CONTENDED = frozenset({errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK})
+
+
+def _sleep_until(deadline: float, delay: float) -> float:
+    """Sleep ``delay`` (not past ``deadline``); return the next, longer delay."""
+    remaining = deadline - time.monotonic()
+    if remaining > 0:
+        time.sleep(min(delay, remaining))
+    return min(delay * 2, _POLL_MAX)
+
+
+# --------------------------------------------------------------------------- mountd
+
+
+class _LockFile:
+    """One open descriptor of one ``.rmtab.lock`` inode, shared by the whole process."""
+
+    __slots__ = ("closed", "depth", "exclusive", "fd", "key", "mutex", "owner")
+
+    def __init__(self, fd: int, key: tuple[int, int]) -> None:
+        self.fd = fd
+        self.key = key
+        #: serialises the threads of this process (POSIX locks do not)
+        self.mutex = threading.Lock()
+        #: thread ident holding ``mutex`` and the POSIX lock, and how often it re-entered
+        self.owner: Optional[int] = None
+        self.depth = 0
+        self.exclusive = False
+        #: the descriptor was closed (its file was unlinked); look the path up again
+        self.closed = False
+
+
+class _Registry:
+    """The process's open ``.rmtab.lock`` descriptors, by (device, inode)."""
+
+    def __init__(self) -> None:
+        self.files: dict[tuple[int, int], _LockFile] = {}
+        self.mutex = threading.Lock()
+        # Descriptors opened by a lost race with ourselves: closing one could drop a
+        # lock held through the registered one, so they stay open (practically never).
+        self.leaked: list[int] = []
+
+
+_REGISTRY = _Registry()
+
+
+def _after_fork_in_child() -> None:
+    # POSIX locks are not inherited; the descriptors are, and stay the only ones.
+    _REGISTRY.mutex = threading.Lock()
+    for entry in _REGISTRY.files.values():
+        entry.mutex = threading.Lock()
+        entry.owner = None
+        entry.depth = 0
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _prune_unlinked() -> None:
+    """Close registry descriptors whose file is gone (mountd unlinks it at exit).
+
+    Safe only for entries nobody in this process holds: closing drops this
+    process's POSIX locks on that inode, and there are none.
+    """
+    for key, entry in list(_REGISTRY.files.items()):
+        if entry.owner is not None or not entry.mutex.acquire(blocking=False):
+            continue
+        try:
+            if os.fstat(entry.fd).st_nlink == 0:
+                entry.closed = True
+                del _REGISTRY.files[key]
+                os.close(entry.fd)
+        except OSError:
+            pass
+        finally:
+            entry.mutex.release()
+
+
+def _lock_file_for(path: Path) -> _LockFile:
+    """The process's one descriptor of ``path``, opening (and creating) it if needed."""
+    with _REGISTRY.mutex:
+        try:
+            st = os.stat(path)  # no descriptor: looking must not drop anything
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise errors.from_oserror(exc, path, "open rpc.mountd's lock file") from exc
+        else:
+            entry = _REGISTRY.files.get((st.st_dev, st.st_ino))
+            if entry is not None:
+                return entry
+        _prune_unlinked()
+        flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC  # exactly what mountd opens it with
+        try:
+            fd = os.open(path, flags, 0o600)
+        except OSError as exc:
+            raise errors.from_oserror(exc, path, "open rpc.mountd's lock file") from exc
+        st = os.fstat(fd)
+        key = (st.st_dev, st.st_ino)
+        entry = _REGISTRY.files.get(key)
+        if entry is not None:
+            # Raced with ourselves: the file appeared between stat and open and was
+            # already registered: keep the second descriptor open, unused.
+            _REGISTRY.leaked.append(fd)
+            return entry
+        entry = _LockFile(fd, key)
+        _REGISTRY.files[key] = entry
+        return entry
+
+
+def _still_linked(path: Path, entry: _LockFile) -> bool:
+    """Is ``path`` still the inode we locked? (mountd unlinks the file when it exits)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        raise errors.from_oserror(exc, path, "check rpc.mountd's lock file") from exc
+    return (st.st_dev, st.st_ino) == entry.key
+
+
+def _holder(fd: int, exclusive: bool) -> Optional[str]:
+    """Best effort: 'pid N (name)' of a process holding a conflicting lock, via F_GETLK."""
+    try:
+        kind = fcntl.F_WRLCK if exclusive else fcntl.F_RDLCK
+        # struct flock on Linux: short l_type, short l_whence, off_t l_start,
+        # off_t l_len, pid_t l_pid (native alignment, 64-bit off_t).
+        fmt = "@hhqqi"
+        size = struct.calcsize(fmt + "0q")
+        arg = struct.pack(fmt, kind, os.SEEK_SET, 0, 0, 0).ljust(size, b"\0")
+        res = fcntl.fcntl(fd, fcntl.F_GETLK, arg)
+        l_type, _, _, _, pid = struct.unpack(fmt, res[: struct.calcsize(fmt)])
+    except (OSError, struct.error, ValueError):
+        return None
+    if l_type == fcntl.F_UNLCK or pid <= 0:
+        return None
+    try:
+        with open(f"/proc/{pid}/comm", encoding="utf-8", errors="replace") as comm:
+            name = comm.read().strip()
+    except OSError:
+        return f"pid {pid}"
+    return f"pid {pid} ({name})"
+
+
+class MountdLock:
+    """rpc.mountd's own lock: ``fcntl.lockf`` on ``<statedir>/.rmtab.lock``.
+
+    Exclusive by default (what mountd takes for MNT/UMNT), ``shared=True`` for a
+    pure read (what mountd takes for DUMP). Polled with short sleeps until
+    ``timeout`` seconds, then :class:`~rmtabtool.errors.LockTimeout`.
+
+    ``statedir`` is the directory of the live rmtab *as configured* (where mountd
+    looks), not the directory a symlinked rmtab points into.
+
+    Re-entering in the same thread is allowed when it needs no upgrade (shared
+    inside exclusive, or the same mode): the inner one is a no-op. Other threads
+    of the process wait like other processes do.
+    """
+
+    def __init__(self, statedir: Path, timeout: float, *, shared: bool = False) -> None:
+        self.statedir = Path(statedir)
+        self.path = self.statedir / MOUNTD_LOCK_NAME
+        self.timeout = max(0.0, float(timeout))
+        self.shared = shared
+        #: seconds spent waiting for the lock (last acquisition)
+        self.wait_seconds = 0.0
+        #: seconds the lock was held (last acquisition; updated on release)
+        self.hold_seconds = 0.0
+        self._entry: Optional[_LockFile] = None
+        self._nested = False
+        self._acquired_at = 0.0
+
+    @property
+    def locked(self) -> bool:
+        return self._entry is not None
+
+    def acquire(self) -> MountdLock:
+        if self._entry is not None:
+            raise RuntimeError(f"{self.path} is already locked by this MountdLock")
+        start = time.monotonic()
+        deadline = start + self.timeout
+        me = threading.get_ident()
+        while True:
+            entry = _lock_file_for(self.path)
+            if entry.owner == me:
+                # Same thread, same process: the kernel would grant anything and the
+                # inner release would drop the outer lock. Count instead.
+                if not self.shared and not entry.exclusive:
+                    raise RuntimeError(
+                        f"cannot upgrade a shared lock on {self.path} to exclusive in one thread"
+                    )
+                entry.depth += 1
+                self._nested = True
+                break
+            if not entry.mutex.acquire(timeout=max(0.0, deadline - time.monotonic())):
+                raise self._timeout_error(None)
+            if entry.closed:  # pruned while we waited for it
+                entry.mutex.release()
+                continue
+            try:
+                self._lock_posix(entry, deadline)
+                if not _still_linked(self.path, entry):
+                    # We locked an inode mountd has since unlinked (it removes the file
+                    # when it exits; a new mountd creates a new one). Start over.
+                    fcntl.lockf(entry.fd, fcntl.LOCK_UN)
+                    with _REGISTRY.mutex:
+                        entry.closed = True
+                        _REGISTRY.files.pop(entry.key, None)
+                        os.close(entry.fd)
+                    entry.mutex.release()
+                    continue
+            except BaseException:
+                entry.mutex.release()
+                raise
+            entry.owner = me
+            entry.depth = 1
+            entry.exclusive = not self.shared
+            self._nested = False
+            break
+        self._entry = entry
+        now = time.monotonic()
+        self.wait_seconds = now - start
+        self.hold_seconds = 0.0
+        self._acquired_at = now
+        return self
+
+    def _lock_posix(self, entry: _LockFile, deadline: float) -> None:
+        op = (fcntl.LOCK_SH if self.shared else fcntl.LOCK_EX) | fcntl.LOCK_NB
+        delay = _POLL_FIRST
+        while True:
+            try:
+                fcntl.lockf(entry.fd, op)
+                return
+            except OSError as exc:
+                if exc.errno not in _CONTENDED:
+                    raise errors.from_oserror(exc, self.path, "lock") from exc
+            if time.monotonic() >= deadline:
+                raise self._timeout_error(_holder(entry.fd, not self.shared))
+            delay = _sleep_until(deadline, delay)
+
+    def _timeout_error(self, holder: Optional[str]) -> errors.LockTimeout:
+        who = f"held by {holder}; " if holder else ""
+        return errors.LockTimeout(
+            f"timed out after {self.timeout:g}s waiting for rpc.mountd's lock {self.path} "
+            f"({who}suspect rpc.mountd hanging or another rmtabtool run)"
+        )
+
+    def release(self) -> None:
+        entry = self._entry
+        if entry is None:
+            return
+        self._entry = None
+        self.hold_seconds = time.monotonic() - self._acquired_at
+        entry.depth -= 1
+        if self._nested or entry.depth > 0:
+            return
+        entry.owner = None
+        try:
+            fcntl.lockf(entry.fd, fcntl.LOCK_UN)
+        finally:
+            entry.mutex.release()
+
+    def __enter__(self) -> MountdLock:
+        return self.acquire()
+
+    def __exit__(
+        self,
+        exc_type: Optional[type[BaseException]],
+        exc: Optional[BaseException],
+        tb: Optional[TracebackType],
+    ) -> None:
+        self.release()
+
+
+# --------------------------------------------------------------------------- ours
+
+
+def tool_lock_path(target: Path) -> Path:
+    """Where the :class:`ToolLock` of ``target`` lives: ``<dir>/.<name>.rmtabtool-lock``."""
+    target = Path(target)
+    return target.with_name(f".{target.name}{TOOL_LOCK_SUFFIX}")
+
+
+class ToolLock:
+    """Exclusion between rmtabtool runs on one target (``filelock``, i.e. ``flock``).
+
+    The lock file is ``<dir>/.<name>.rmtabtool-lock`` beside the target; it is
+    never ``.rmtab.lock`` (that one is mountd's, and flock would not exclude it).
+    Pass the resolved target (see ``safefile.resolve_target``) so that every path
+    that leads to the same file takes the same lock.
+    """
+
+    def __init__(self, target: Path, timeout: float) -> None:
+        self.target = Path(target)
+        self.path = tool_lock_path(self.target)
+        if self.path.name == MOUNTD_LOCK_NAME:  # pragma: no cover - impossible by naming
+            raise ValueError("ToolLock must never use rpc.mountd's lock file")
+        self.timeout = max(0.0, float(timeout))
+        #: seconds spent waiting for the lock
+        self.wait_seconds = 0.0
+        self._lock = filelock.FileLock(str(self.path), timeout=self.timeout, mode=0o600)
+
+    @property
+    def locked(self) -> bool:
+        return bool(self._lock.is_locked)
+
+    def acquire(self) -> ToolLock:
+        start = time.monotonic()
+        if not self.path.parent.is_dir():
+            # filelock would create missing directories; a missing output
+            # directory is the caller's error to report.
+            exc = FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT))
+            raise errors.from_oserror(exc, self.path.parent, "write in")
+        try:
+            self._lock.acquire(timeout=self.timeout, poll_interval=0.01)
+        except filelock.Timeout as exc:  # a subclass of OSError: test it first
+            raise errors.LockTimeout(
+                f"timed out after {self.timeout:g}s waiting for {self.path}: "
+                f"another rmtabtool run is working on {self.target}"
+            ) from exc
+        except OSError as exc:
+            raise errors.from_oserror(exc, self.path, "take the lock") from exc
+        self.wait_seconds = time.monotonic() - start
+        return self
+
+    def release(self) -> None:
+        if self._lock.is_locked:
+            self._lock.release()
+
+    def __enter__(self) -> ToolLock:
+        return self.acquire()
+
+    def __exit__(
+        self,
+        exc_type: Optional[type[BaseException]],
+        exc: Optional[BaseException],
+        tb: Optional[TracebackType],
+    ) -> None:
+        self.release()

@@ -1,0 +1,962 @@
+"""Crash-safe replacement of a file rpc.mountd may be using, and consistent reads of it.
+
+Everything rmtabtool writes goes through :func:`rewrite_file` (or, for a plain
+new file, :class:`AtomicWriter`):
+
+* the new content is streamed into a hidden temporary file of ours beside the
+  real target (``.<name>.rmtabtool-<random>.tmp``, created ``O_EXCL|O_NOFOLLOW``;
+  never ``rmtab.tmp``, which is mountd's), given the target's mode, owner and
+  SELinux label, fsynced, renamed over the target, and the directory fsynced: at
+  every instant the target is the complete old file or the complete new one;
+* a symlinked target is followed (the link stays, its target is replaced), as
+  mountd does;
+* content identical to the file is not written at all (no new inode, no mtime
+  change, not even a temporary file when it fits in memory);
+* when the target is the live rmtab, the expensive work (reading, collapsing,
+  writing the temp file) runs WITHOUT mountd's lock; the lock is taken only to
+  check that the file is still the one the new content was built from and to
+  rename. If mountd changed it meanwhile the change is folded in (re-read and
+  rebuild) before anything is renamed, so no MNT or UMNT is ever lost;
+* the live rmtab's mtime second always moves (mountd's DUMP cache keys on it).
+
+The live-rmtab decision is the caller's: pass ``mountd_statedir`` (the directory
+of the live rmtab path as configured) when :func:`is_same_file` says the target is
+the live rmtab, ``None`` otherwise.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import re
+import secrets
+import signal
+import stat
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType, TracebackType
+from typing import BinaryIO, Optional, Union
+
+from . import errors
+from .locking import MountdLock, ToolLock
+from .table import CHUNK_SIZE, ReadResult, read_table
+
+__all__ = [
+    "MEMORY_OUTPUT_MAX",
+    "OPTIMISTIC_RETRIES",
+    "TEMP_MARK",
+    "TEMP_SUFFIX",
+    "AtomicWriter",
+    "Build",
+    "FileState",
+    "RewriteReport",
+    "SignalReceived",
+    "clean_stale_temps",
+    "is_same_file",
+    "read_snapshot",
+    "resolve_target",
+    "rewrite_file",
+    "temp_name_pattern",
+]
+
+StrPath = Union[str, "os.PathLike[str]"]
+#: ``build(snapshot)``: the new content, given what the file holds (None: no file).
+Build = Callable[[Optional[ReadResult]], Iterable[bytes]]
+
+#: Temp files are ``.<name>.rmtabtool-<16 hex digits>.tmp`` in the target's directory.
+TEMP_MARK = ".rmtabtool-"
+TEMP_SUFFIX = ".tmp"
+_NAME_KEEP = 100  # characters of the target's name kept in a temp name (NAME_MAX is 255)
+
+#: AtomicWriter's write buffer.
+WRITE_BUFFER = 1 << 20
+#: New content is held in memory (no temp file) while it still equals the current
+#: file, up to this size: an unchanged file costs no directory churn at all.
+MEMORY_OUTPUT_MAX = 8 << 20
+#: When mountd changed the live rmtab after our snapshot, it is re-read and the
+#: content rebuilt WITHOUT mountd's lock up to this many times; then once more while
+#: holding it (slow for mountd, but certain to finish). Even a small file is not
+#: rebuilt under the lock at once: the new temp file's fsync alone takes
+#: milliseconds, and every client MNT/UMNT waits that long.
+OPTIMISTIC_RETRIES = 3
+
+_NS = 1_000_000_000
+# Two modifications within one timestamp tick leave the same mtime, so a file
+# modified around the time we read it cannot be proven unchanged by its metadata
+# ("racy", as git calls it). Ticks are a few ms (jiffies); filesystems with
+# whole-second timestamps (ext4 with 128-byte inodes, FAT, some NFS) get more.
+_RACY_NS = 50_000_000
+_RACY_COARSE_NS = 2 * _NS
+
+_COPIED_XATTRS = ("system.posix_acl_access", "security.selinux")
+_NO_XATTR = frozenset({errno.ENODATA, errno.ENOTSUP, errno.EOPNOTSUPP})
+
+
+# --------------------------------------------------------------------------- paths
+
+
+@dataclass(frozen=True)
+class FileState:
+    """What identifies one version of a file: device, inode, size and mtime."""
+
+    dev: int
+    ino: int
+    size: int
+    mtime_ns: int
+
+    @classmethod
+    def from_stat(cls, st: os.stat_result) -> FileState:
+        return cls(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+    @classmethod
+    def of(cls, path: StrPath) -> Optional[FileState]:
+        """The state of ``path`` (symlinks followed), or None when it does not exist."""
+        try:
+            st = os.stat(path)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except OSError as exc:
+            raise errors.from_oserror(exc, path, "stat", reading=True) from exc
+        return cls.from_stat(st)
+
+
+_MAX_SYMLINKS = 40
+
+
+def resolve_target(path: StrPath) -> Path:
+    """The file a rewrite of ``path`` must replace: symlinks followed to the end.
+
+    Like mountd, a symlinked rmtab is not replaced by a regular file: its final
+    target is. Relative link targets are taken relative to the link's directory
+    (mountd resolves them from its working directory, which is a bug). A missing
+    final target is returned as is (it will be created). The directory part comes
+    back canonical, so every spelling of one file gives one path (and one lock).
+    """
+    current = os.fspath(path)
+    if not os.path.isabs(current):
+        current = os.path.join(os.getcwd(), current)
+    for _ in range(_MAX_SYMLINKS):
+        try:
+            st = os.lstat(current)
+        except (FileNotFoundError, NotADirectoryError):
+            return _real_directory(current)
+        except OSError as exc:
+            raise errors.from_oserror(exc, current, "look up") from exc
+        if not stat.S_ISLNK(st.st_mode):
+            return _real_directory(current)
+        try:
+            link = os.readlink(current)
+        except OSError as exc:
+            raise errors.from_oserror(exc, current, "read the symbolic link") from exc
+        current = link if os.path.isabs(link) else os.path.join(os.path.dirname(current), link)
+    raise errors.OutputError(f"cannot resolve {os.fspath(path)}: too many levels of symbolic links")
+
+
+def _real_directory(path: str) -> Path:
+    """``path`` with its directory part canonical (symlinks and ``..`` resolved)."""
+    head, name = os.path.split(path)
+    return Path(os.path.realpath(head or ".")) / name
+
+
+def _identity(path: StrPath) -> Optional[tuple[int, int]]:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
+
+
+def is_same_file(a: StrPath, b: StrPath) -> bool:
+    """Do ``a`` and ``b`` name the same file (like ``os.path.samefile``)?
+
+    Tolerant of missing files: two missing paths are the same when they would
+    be created as the same file (same name in the same directory, symlinks
+    followed); a missing path is never the same as an existing one.
+    """
+    try:
+        ra, rb = resolve_target(a), resolve_target(b)
+    except errors.RmtabError:
+        return os.path.normpath(os.fspath(a)) == os.path.normpath(os.fspath(b))
+    ia, ib = _identity(ra), _identity(rb)
+    if ia is not None or ib is not None:
+        return ia == ib
+    if ra.name != rb.name:
+        return False
+    da, db = _identity(ra.parent), _identity(rb.parent)
+    if da is not None and db is not None:
+        return da == db
+    return os.path.normpath(ra) == os.path.normpath(rb)
+
+
+def _temp_prefix(name: str) -> str:
+    return f".{name[:_NAME_KEEP]}{TEMP_MARK}"
+
+
+def temp_name_pattern(target: StrPath) -> re.Pattern[str]:
+    """The names of our temp files for ``target`` (what :func:`clean_stale_temps` removes)."""
+    name = Path(target).name
+    return re.compile(re.escape(_temp_prefix(name)) + "[0-9a-f]{16}" + re.escape(TEMP_SUFFIX))
+
+
+def clean_stale_temps(target: StrPath) -> list[Path]:
+    """Remove temp files a killed rmtabtool run left beside ``target``; list them.
+
+    Call only while holding the target's :class:`~rmtabtool.locking.ToolLock`
+    (a running rmtabtool's temp file looks exactly like a stale one). Names that
+    are ours but owned by someone we cannot remove them for are left alone.
+    """
+    path = Path(target)
+    directory = path.parent
+    pattern = temp_name_pattern(path)
+    try:
+        dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    except OSError as exc:
+        raise errors.from_oserror(exc, directory, "open the directory") from exc
+    removed: list[Path] = []
+    try:
+        with os.scandir(dfd) as entries:
+            names = [e.name for e in entries if pattern.fullmatch(e.name)]
+        for name in names:
+            try:
+                if stat.S_ISDIR(os.stat(name, dir_fd=dfd, follow_symlinks=False).st_mode):
+                    continue
+                os.unlink(name, dir_fd=dfd)
+            except (FileNotFoundError, PermissionError):
+                continue
+            except OSError as exc:
+                raise errors.from_oserror(exc, directory / name, "remove the stale file") from exc
+            removed.append(directory / name)
+    finally:
+        os.close(dfd)
+    return removed
+
+
+# --------------------------------------------------------------------------- writer
+
+
+class AtomicWriter:
+    """Write a new version of ``target`` beside it, then swap it in atomically.
+
+    ``write()`` streams (buffered); ``commit()`` = :meth:`finish` (flush, copy
+    the target's mode/owner/ACL/SELinux label -- 0644 for a new file --, fsync),
+    :meth:`replace` (rename over the target) and :meth:`sync_dir`. The steps are
+    public so that a caller can do the slow ones before taking a lock and only
+    the rename under it. Leaving the ``with`` block without a commit, for any
+    reason (an error, Ctrl-C), removes the temp file: the target is untouched.
+    All failures are :class:`~rmtabtool.errors.RmtabError` naming the target.
+    """
+
+    def __init__(self, target: StrPath, *, buffer_size: int = WRITE_BUFFER) -> None:
+        self.target = resolve_target(target)
+        self.directory = self.target.parent
+        self.temp_name = ""
+        self.bytes_written = 0
+        self.committed = False
+        #: the new file's mtime was moved to a later second than the old file's
+        self.mtime_bumped = False
+        self._buffer = bytearray()
+        self._buffer_size = buffer_size
+        self._finished = False
+        self._discarded = False
+        self._fd = -1
+        self._dirfd = -1
+        try:
+            self._dirfd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise errors.from_oserror(exc, self.directory, "write in") from exc
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            while True:
+                name = f"{_temp_prefix(self.target.name)}{secrets.token_hex(8)}{TEMP_SUFFIX}"
+                try:
+                    self._fd = os.open(name, flags, 0o600, dir_fd=self._dirfd)
+                except FileExistsError:
+                    continue  # 64 random bits: someone planted this exact name
+                self.temp_name = name
+                break
+        except OSError as exc:
+            self._close_dir()
+            raise self._error(exc, "create a temporary file beside") from exc
+        except BaseException:
+            self._close_dir()
+            raise
+
+    @property
+    def temp_path(self) -> Path:
+        return self.directory / self.temp_name
+
+    def _error(self, exc: OSError, action: str) -> errors.RmtabError:
+        err = errors.from_oserror(exc, self.target, action)
+        if self.committed:
+            return err
+        return type(err)(f"{err} ({self.target} is unchanged)")
+
+    def write(self, data: bytes) -> None:
+        if self._fd < 0 or self._finished:
+            raise ValueError("write to a finished or discarded AtomicWriter")
+        if not self._buffer and len(data) >= self._buffer_size:
+            self._write_all(data)
+            return
+        self._buffer += data
+        if len(self._buffer) >= self._buffer_size:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._buffer:
+            data = bytes(self._buffer)
+            self._buffer.clear()
+            self._write_all(data)
+
+    def _write_all(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            try:
+                n = os.write(self._fd, view)
+            except OSError as exc:
+                self.discard()
+                raise self._error(exc, "write a new copy of") from exc
+            view = view[n:]
+            self.bytes_written += n
+
+    def finish(self, *, newer_than_ns: Optional[int] = None) -> None:
+        """Flush, give the temp file the target's metadata, and fsync it.
+
+        ``newer_than_ns``: the mtime of the file being replaced; the new file's
+        mtime is then moved to a later whole second when it would fall in the
+        same (or an earlier) one, so that mountd notices the change.
+        """
+        if self._finished:
+            return
+        try:
+            self._flush()
+            self._copy_metadata()
+            if newer_than_ns is not None:
+                self._bump_mtime(newer_than_ns)
+            os.fsync(self._fd)
+        except OSError as exc:
+            self.discard()
+            raise self._error(exc, "write a new copy of") from exc
+        except BaseException:
+            self.discard()
+            raise
+        self._finished = True
+
+    def _copy_metadata(self) -> None:
+        try:
+            st = os.stat(self.target)
+        except FileNotFoundError:
+            os.fchmod(self._fd, 0o644)  # a new file: 0644 whatever the umask
+            return
+        if stat.S_ISDIR(st.st_mode) or not stat.S_ISREG(st.st_mode):
+            kind = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"
+            raise errors.OutputError(f"cannot replace {self.target}: it is {kind}")
+        mine = os.fstat(self._fd)
+        if (mine.st_uid, mine.st_gid) != (st.st_uid, st.st_gid):
+            try:
+                os.fchown(self._fd, st.st_uid, st.st_gid)
+            except PermissionError as exc:
+                raise errors.PermissionDenied(
+                    f"cannot keep the owner {st.st_uid}:{st.st_gid} of {self.target}: "
+                    f"{exc.strerror} (run as root or as its owner; it is unchanged)"
+                ) from exc
+        os.fchmod(self._fd, stat.S_IMODE(st.st_mode))
+        for name in _COPIED_XATTRS:
+            try:
+                value = os.getxattr(self.target, name)
+            except OSError as exc:
+                if exc.errno in _NO_XATTR:
+                    continue
+                raise
+            try:
+                os.setxattr(self._fd, name, value)
+            except OSError as exc:
+                if exc.errno not in _NO_XATTR:
+                    raise
+
+    def _bump_mtime(self, newer_than_ns: int) -> None:
+        st = os.fstat(self._fd)
+        old_second = newer_than_ns // _NS
+        if st.st_mtime_ns // _NS > old_second:
+            return
+        # One second past the old file, keeping our own sub-second part: monotonic
+        # for our rewrites, and never a suspiciously round timestamp.
+        mtime = (old_second + 1) * _NS + st.st_mtime_ns % _NS
+        os.utime(self._fd, ns=(st.st_atime_ns, mtime))
+        self.mtime_bumped = True
+
+    def replace(self) -> None:
+        """Rename the (finished) temp file over the target."""
+        if not self._finished:
+            self.finish()
+        try:
+            os.rename(
+                self.temp_name, self.target.name, src_dir_fd=self._dirfd, dst_dir_fd=self._dirfd
+            )
+        except OSError as exc:
+            self.discard()
+            raise self._error(exc, "replace") from exc
+        self.committed = True
+        with contextlib.suppress(OSError):  # the data is fsynced already
+            os.close(self._fd)
+        self._fd = -1
+
+    def sync_dir(self) -> None:
+        """fsync the directory so that the rename itself survives a crash."""
+        if self._dirfd < 0:
+            return
+        try:
+            os.fsync(self._dirfd)
+        except OSError as exc:
+            if exc.errno not in (errno.EINVAL, errno.ENOTSUP):
+                raise errors.IOFailure(
+                    f"replaced {self.target} but could not sync its directory: {exc.strerror}"
+                ) from exc
+        finally:
+            self._close_dir()
+
+    def commit(self) -> None:
+        """finish(), replace(), sync_dir()."""
+        self.finish()
+        self.replace()
+        self.sync_dir()
+
+    def discard(self) -> None:
+        """Drop the temp file (unless committed). Safe to call more than once."""
+        self._discarded = not self.committed
+        if self._fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = -1
+        if not self.committed and self.temp_name and self._dirfd >= 0:
+            with contextlib.suppress(OSError):
+                os.unlink(self.temp_name, dir_fd=self._dirfd)
+        self._buffer.clear()
+        self._close_dir()
+
+    def _close_dir(self) -> None:
+        if self._dirfd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self._dirfd)
+            self._dirfd = -1
+
+    def close(self) -> None:
+        if self.committed:
+            self._close_dir()
+        else:
+            self.discard()
+
+    def __enter__(self) -> AtomicWriter:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: Optional[type[BaseException]],
+        exc: Optional[BaseException],
+        tb: Optional[TracebackType],
+    ) -> None:
+        if exc_type is None and not self.committed and not self._discarded:
+            self.commit()
+        self.close()
+
+
+# --------------------------------------------------------------------------- reading
+
+
+class _Snapshot:
+    """One read of a file: the parsed content and the state it was read at."""
+
+    __slots__ = ("result", "started_ns", "state", "under_lock", "unstable")
+
+    def __init__(
+        self, result: ReadResult, state: FileState, started_ns: int, unstable: bool
+    ) -> None:
+        self.result = result
+        self.state = state
+        #: wall clock when the read began
+        self.started_ns = started_ns
+        #: the file visibly changed while it was being read
+        self.unstable = unstable
+        #: read while holding mountd's exclusive lock (nothing could change it)
+        self.under_lock = False
+
+    def trusted(self, current: Optional[FileState], *, strict: bool = True) -> bool:
+        """Is the file, now in state ``current``, still exactly what was read?
+
+        ``strict``: also refuse a "racy" snapshot, one whose mtime a change made
+        since the read began could have reproduced (see :func:`_racy`). Only worth
+        it against a writer we lock out (mountd); others are not coordinated with.
+        """
+        if current != self.state or (self.unstable and not self.under_lock):
+            return False
+        if self.under_lock or not strict:
+            return True
+        return not _racy(self.state.mtime_ns, self.started_ns, time.time_ns())
+
+
+def _racy_window(mtime_ns: int) -> int:
+    return _RACY_COARSE_NS if mtime_ns % _NS == 0 else _RACY_NS
+
+
+def _racy(mtime_ns: int, started_ns: int, now_ns: int) -> bool:
+    """Could a change between ``started_ns`` and ``now_ns`` have left mtime at ``mtime_ns``?
+
+    Changes in that interval get mtimes within a timestamp tick of it; a file
+    last modified well before the read began (or stamped well after now, as our
+    own mtime bump does) cannot hide one behind an equal mtime.
+    """
+    window = _racy_window(mtime_ns)
+    return started_ns - window <= mtime_ns <= now_ns + window
+
+
+def _settle(path: Path) -> None:
+    """Before an unlocked read: if the file was modified just now, wait (at most one
+    fine-grained window) so that the read will not be racy."""
+    try:
+        mtime = os.stat(path).st_mtime_ns
+    except OSError:
+        return
+    if _racy_window(mtime) != _RACY_NS:
+        return  # whole-second timestamps: not worth waiting for
+    delay = mtime + _RACY_NS - time.time_ns() + 1_000_000
+    if 0 < delay <= _RACY_NS + 1_000_000:
+        time.sleep(delay / _NS)
+
+
+def _read_once(path: Path, *, settle: bool = False) -> Optional[_Snapshot]:
+    """Read ``path`` into a snapshot; None when it does not exist."""
+    if settle:
+        _settle(path)
+    started = time.time_ns()
+    try:
+        # O_NONBLOCK: a FIFO planted at the path must not hang us in open().
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as exc:
+        raise errors.from_oserror(exc, path, "read", reading=True) from exc
+    try:
+        before = os.fstat(fd)
+    except OSError as exc:
+        os.close(fd)
+        raise errors.from_oserror(exc, path, "read", reading=True) from exc
+    if not stat.S_ISREG(before.st_mode):
+        os.close(fd)
+        kind = "it is a directory" if stat.S_ISDIR(before.st_mode) else "not a regular file"
+        raise errors.InputMissing(f"cannot read {path}: {kind}")
+    with open(fd, "rb", buffering=0) as stream:
+        try:
+            result = read_table(stream)
+            after = os.fstat(fd)
+        except OSError as exc:
+            raise errors.from_oserror(exc, path, "read", reading=True) from exc
+    state = FileState.from_stat(before)
+    unstable = FileState.from_stat(after) != state
+    return _Snapshot(result, state, started, unstable)
+
+
+def _read_under_lock(path: Path) -> Optional[_Snapshot]:
+    snap = _read_once(path)
+    if snap is not None:
+        snap.under_lock = True
+    return snap
+
+
+def _settled_read(path: Path) -> Optional[_Snapshot]:
+    """Best consistent read without mountd's lock (a reader not allowed to take it).
+
+    mountd renames its temp file into place and then writes it; a state that
+    holds still for a while after a read is taken as complete.
+    """
+    snap = _read_once(path, settle=True)
+    for _ in range(20):
+        if snap is None:
+            return None
+        time.sleep(_RACY_NS / _NS)
+        if snap.trusted(FileState.of(path)):
+            return snap
+        snap = _read_once(path, settle=True)
+    return snap
+
+
+def _consistent_read(
+    path: Path, mountd_statedir: Optional[Path], timeout: float, report: Optional[RewriteReport]
+) -> Optional[_Snapshot]:
+    """Read ``path`` and prove the read saw one complete version of it.
+
+    The read runs without mountd's lock; its state is then confirmed under the
+    SHARED lock (so mountd is not in the middle of writing). A changed file is
+    read again without the lock up to OPTIMISTIC_RETRIES times, then once more
+    while holding the lock.
+    """
+    attempts = 0
+    while True:
+        snap = _read_once(path, settle=mountd_statedir is not None)
+        if snap is None:
+            return None  # mountd only ever renames a complete name into place
+        if mountd_statedir is None:
+            # Files mountd does not write only change by rename (rmtabtool) or are
+            # written by programs we cannot lock against anyway.
+            if not snap.unstable:
+                return snap
+            attempts += 1
+            if attempts > OPTIMISTIC_RETRIES:
+                raise errors.IOFailure(f"{path} kept changing while it was read; try again")
+            continue
+        lock = MountdLock(mountd_statedir, timeout, shared=True)
+        try:
+            lock.acquire()
+        except errors.PermissionDenied:
+            return _settled_read(path)
+        try:
+            if snap.trusted(FileState.of(path)):
+                return snap
+            attempts += 1
+            if attempts > OPTIMISTIC_RETRIES:
+                return _read_under_lock(path)
+        finally:
+            lock.release()
+            if report is not None:
+                report.lock_wait_seconds += lock.wait_seconds
+                report.lock_hold_seconds += lock.hold_seconds
+                report.lock_acquisitions += 1
+        if report is not None:
+            report.rereads += 1
+
+
+def read_snapshot(
+    path: StrPath, *, mountd_statedir: Optional[Path], timeout: float
+) -> tuple[ReadResult, FileState]:
+    """Read a file (the live rmtab when ``mountd_statedir`` is given) consistently.
+
+    The read itself never holds mountd's lock; its result is confirmed under the
+    shared lock (``mountd_statedir`` None: no lock, the file is only checked not
+    to change while read). A reader who may not open mountd's lock file falls
+    back to waiting for the file to hold still. A missing file raises
+    :class:`~rmtabtool.errors.InputMissing`.
+    """
+    target = Path(path)
+    snap = _consistent_read(target, mountd_statedir, timeout, None)
+    if snap is None:
+        raise errors.InputMissing(f"cannot read {target}: No such file or directory")
+    return snap.result, snap.state
+
+
+# --------------------------------------------------------------------------- rewrite
+
+
+@dataclass
+class RewriteReport:
+    """What :func:`rewrite_file` did (under ``dry_run``: what it would have done)."""
+
+    #: the file written (symlinks resolved)
+    path: Path
+    #: the content changed (dry run: would change)
+    changed: bool = False
+    #: the file did not exist and was (would be) created
+    created: bool = False
+    dry_run: bool = False
+    #: the read the written content was built from (None: the file did not exist)
+    snapshot: Optional[ReadResult] = None
+    #: bytes of the new content
+    new_size: int = 0
+    #: waiting for our lock and mountd's
+    lock_wait_seconds: float = 0.0
+    #: total time mountd's lock was held (0.0 when not taken)
+    lock_hold_seconds: float = 0.0
+    #: how often mountd's lock was taken
+    lock_acquisitions: int = 0
+    #: reads beyond the first, because the file changed under us
+    rereads: int = 0
+    #: the new file's mtime was moved to the next second for mountd's cache
+    mtime_bumped: bool = False
+    stale_temps_removed: list[Path] = field(default_factory=list)
+
+
+class _Comparer:
+    """Compares a stream of bytes with a file, reading it only up to the first difference."""
+
+    def __init__(self, path: Path, expected: Optional[FileState]) -> None:
+        self.equal = False
+        self._file: Optional[BinaryIO] = None
+        if expected is None:
+            return
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
+            return
+        stream = open(fd, "rb", buffering=CHUNK_SIZE)  # noqa: SIM115  # closed in close()
+        try:
+            same = FileState.from_stat(os.fstat(fd)) == expected
+        except OSError:
+            same = False
+        if not same:
+            stream.close()
+            return
+        self._file = stream
+        self.equal = True
+
+    def feed(self, data: bytes) -> None:
+        if not self.equal or self._file is None:
+            return
+        try:
+            same = self._file.read(len(data)) == data
+        except OSError:
+            same = False
+        if not same:
+            self.close()
+
+    def finish(self) -> bool:
+        """True when the file ended exactly where the stream did."""
+        if self.equal and self._file is not None:
+            try:
+                at_end = self._file.read(1) == b""
+            except OSError:
+                at_end = False
+            if not at_end:
+                self.equal = False
+        result = self.equal
+        self.close()
+        return result
+
+    def close(self) -> None:
+        self.equal = False
+        if self._file is not None:
+            with contextlib.suppress(OSError):
+                self._file.close()
+            self._file = None
+
+
+class _Output:
+    """The new content: kept in memory while it equals the file, else a temp file."""
+
+    def __init__(self, target: Path, snapshot: Optional[_Snapshot], *, dry_run: bool) -> None:
+        self._target = target
+        self._compare = _Comparer(target, snapshot.state if snapshot is not None else None)
+        self._dry_run = dry_run
+        self._pending: list[bytes] = []
+        self._pending_size = 0
+        self.writer: Optional[AtomicWriter] = None
+        self.size = 0
+
+    def write(self, data: bytes) -> None:
+        if not isinstance(data, (bytes, bytearray)):
+            raise TypeError(f"build() must yield bytes, not {type(data).__name__}")
+        if not data:
+            return
+        self.size += len(data)
+        self._compare.feed(data)
+        if self.writer is not None:
+            self.writer.write(data)
+        elif not self._dry_run:
+            self._pending.append(bytes(data))
+            self._pending_size += len(data)
+            if not self._compare.equal or self._pending_size > MEMORY_OUTPUT_MAX:
+                self._spill()
+
+    def _spill(self) -> AtomicWriter:
+        writer = self.writer = AtomicWriter(self._target)
+        pending, self._pending, self._pending_size = self._pending, [], 0
+        for chunk in pending:
+            writer.write(chunk)
+        return writer
+
+    def identical(self) -> bool:
+        """Does the content written so far equal the file as it is now?"""
+        return self._compare.finish()
+
+    def committable(self) -> AtomicWriter:
+        return self.writer if self.writer is not None else self._spill()
+
+    def discard(self) -> None:
+        """Drop whatever was not committed (a committed writer is left to the caller)."""
+        self._compare.close()
+        self._pending = []
+        if self.writer is not None and not self.writer.committed:
+            self.writer.discard()
+
+
+def _open_old(path: Path) -> Optional[int]:
+    """A descriptor that keeps the file about to be replaced alive past the rename.
+
+    Renaming over the last link of a 1.6 GB file frees all its blocks inside
+    rename(2), tens of milliseconds that mountd would spend waiting for its lock.
+    Holding it open defers that work to our close(), after the lock is released.
+    """
+    try:
+        return os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+
+
+def _stream(build: Build, snapshot: Optional[_Snapshot], out: _Output) -> None:
+    for chunk in build(snapshot.result if snapshot is not None else None):
+        out.write(chunk)
+
+
+class SignalReceived(KeyboardInterrupt):
+    """SIGTERM or SIGHUP arrived during a rewrite; everything was cleaned up.
+
+    A KeyboardInterrupt (like Ctrl-C) so that ``except Exception`` does not
+    swallow it; the command line should exit with ``128 + signum``.
+    """
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"interrupted by {signal.Signals(signum).name}")
+        self.signum = signum
+
+
+def _raise_signal(signum: int, frame: Optional[FrameType]) -> None:
+    raise SignalReceived(signum)
+
+
+@contextlib.contextmanager
+def _signals_raise() -> Iterator[None]:
+    """Turn SIGTERM/SIGHUP into an exception while a rewrite runs (main thread only,
+    and only where nobody installed a handler), so the temp file and the locks
+    are cleaned up like on Ctrl-C. SIGKILL cannot be caught: the next run cleans."""
+    installed: list[signal.Signals] = []
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            if signal.getsignal(sig) is signal.SIG_DFL:
+                signal.signal(sig, _raise_signal)
+                installed.append(sig)
+    try:
+        yield
+    finally:
+        for sig in installed:
+            signal.signal(sig, signal.SIG_DFL)
+
+
+def rewrite_file(
+    target: StrPath,
+    build: Build,
+    *,
+    mountd_statedir: Optional[Path],
+    timeout: float,
+    dry_run: bool = False,
+    before_commit: Optional[Callable[[Optional[ReadResult]], None]] = None,
+) -> RewriteReport:
+    """Replace ``target`` with ``build(what it holds now)``, atomically and safely.
+
+    ``build`` must be pure: it may be called again when rpc.mountd changes the
+    file meanwhile. It gets None for a missing file (which is then created,
+    0644), and may raise an RmtabError, which propagates with nothing written.
+    ``mountd_statedir`` is given exactly when ``target`` is the live rmtab: then
+    mountd's exclusive lock is taken around the final check and rename.
+    ``before_commit(snapshot)`` runs just before the rename (under mountd's lock
+    when taken), with the snapshot the written content was built from.
+    ``dry_run`` reads and builds but writes nothing (no lock files, no temp
+    files); the report tells whether the file would change.
+    """
+    path = resolve_target(target)
+    report = RewriteReport(path=path, dry_run=dry_run)
+    if dry_run:
+        if not path.parent.is_dir():  # what the real run would fail on
+            exc = FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT))
+            raise errors.from_oserror(exc, path.parent, "write in")
+        snap = _consistent_read(path, mountd_statedir, timeout, report)
+        out = _Output(path, snap, dry_run=True)
+        try:
+            _stream(build, snap, out)
+            report.changed = not out.identical()
+        finally:
+            out.discard()
+        report.created = snap is None
+        report.snapshot = snap.result if snap is not None else None
+        report.new_size = out.size
+        return report
+    with _signals_raise():
+        tool = ToolLock(path, timeout)
+        with tool:
+            report.lock_wait_seconds += tool.wait_seconds
+            report.stale_temps_removed = clean_stale_temps(path)
+            _rewrite_locked(path, build, mountd_statedir, timeout, before_commit, report)
+    return report
+
+
+def _rewrite_locked(
+    path: Path,
+    build: Build,
+    mountd_statedir: Optional[Path],
+    timeout: float,
+    before_commit: Optional[Callable[[Optional[ReadResult]], None]],
+    report: RewriteReport,
+) -> None:
+    mountd = MountdLock(mountd_statedir, timeout) if mountd_statedir is not None else None
+
+    def release_mountd() -> None:
+        if mountd is not None and mountd.locked:
+            mountd.release()
+            report.lock_hold_seconds += mountd.hold_seconds
+
+    snap = _read_once(path, settle=mountd is not None)
+    retries = 0
+    committed: Optional[AtomicWriter] = None
+    keep_old: list[Optional[int]] = []  # see _open_old
+    try:
+        while True:
+            out = _Output(path, snap, dry_run=False)
+            try:
+                _stream(build, snap, out)
+                if out.identical():
+                    # The file, as it is right now, already holds exactly this.
+                    report.snapshot = snap.result if snap is not None else None
+                    report.new_size = out.size
+                    return
+                writer = out.committable()
+                old_mtime = snap.state.mtime_ns if snap is not None else None
+                writer.finish(newer_than_ns=old_mtime if mountd is not None else None)
+                if not (mountd is not None and mountd.locked):
+                    keep_old.append(_open_old(path))
+                if mountd is not None and not mountd.locked:
+                    mountd.acquire()
+                    report.lock_wait_seconds += mountd.wait_seconds
+                    report.lock_acquisitions += 1
+                current = FileState.of(path)
+                if snap is None:
+                    unchanged = current is None
+                else:
+                    unchanged = snap.trusted(current, strict=mountd is not None)
+                if unchanged:
+                    if before_commit is not None:
+                        before_commit(snap.result if snap is not None else None)
+                    writer.replace()
+                    committed = writer
+                    report.changed = True
+                    report.created = snap is None
+                    report.snapshot = snap.result if snap is not None else None
+                    report.new_size = out.size
+                    report.mtime_bumped = writer.mtime_bumped
+                    break
+            finally:
+                out.discard()
+            # The file is not (provably) the one we built from: fold the change in.
+            report.rereads += 1
+            if mountd is None:
+                if retries >= OPTIMISTIC_RETRIES:
+                    raise errors.IOFailure(
+                        f"{path} kept changing while rmtabtool rewrote it (is another "
+                        "program writing it?); it was left as it is"
+                    )
+                retries += 1
+                snap = _read_once(path)
+            elif retries < OPTIMISTIC_RETRIES:
+                # Do not make every MNT/UMNT wait while we read and rebuild: retry.
+                retries += 1
+                release_mountd()
+                snap = _read_once(path, settle=True)
+            else:
+                snap = _read_under_lock(path)  # out of patience: keep the lock
+    finally:
+        release_mountd()
+        for fd in keep_old:  # replaced files' blocks are freed now, not under the lock
+            if fd is not None:
+                os.close(fd)
+    if committed is not None:
+        committed.sync_dir()  # after mountd's lock: it need not wait for the disk
