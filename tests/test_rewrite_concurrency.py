@@ -1,0 +1,198 @@
+"""rmtabtool rewrites racing a mountd-like writer: no MNT or UMNT is ever lost.
+
+The writer processes (tests/mountd_like.py) follow mountd's protocol exactly:
+POSIX lock on .rmtab.lock, in-place count bumps, appends, and UMNT rewrites that
+rename rmtab.tmp into place BEFORE writing its last buffer. Each worker owns its
+own keys and runs a fixed op sequence, so the final file can be compared with a
+model, key by key.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Optional
+
+import pytest
+from mountd_like import command, model, plan
+
+from rmtabtool.entry import Entry, format_entry
+from rmtabtool.safefile import read_snapshot, rewrite_file
+from rmtabtool.table import ReadResult, read_bytes, read_table
+
+SEED = 4242
+STATIC = [
+    Entry(b"172.16.%d.%d" % (i // 200, i % 200), b"/srv/static", 1 + i % 3) for i in range(300)
+]
+STATIC_BYTES = b"".join(format_entry(e) for e in STATIC)
+
+
+def counts(result: ReadResult) -> dict[tuple[bytes, bytes], int]:
+    return {(e.client, e.path): e.count for e in result.table}
+
+
+def marker(name: bytes) -> tuple[bytes, bytes]:
+    return (b"rmtabtool-" + name, b"/marker")
+
+
+def rewriter_build(
+    name: bytes, iteration: int
+) -> Callable[[Optional[ReadResult]], Iterator[bytes]]:
+    """Reverse the entry order (so every rewrite really rewrites) and set our marker.
+
+    (A snapshot may be torn -- read while mountd was writing --; what is built
+    from it must then never be written: the final checks see to that.)
+    """
+
+    def build(snapshot: Optional[ReadResult]) -> Iterator[bytes]:
+        assert snapshot is not None
+        key = marker(name)
+        entries = [e for e in snapshot.table if e.key != key]
+        for e in reversed(entries):
+            yield format_entry(e)
+        yield format_entry(Entry(key[0], key[1], iteration))
+
+    return build
+
+
+def check_complete(result: ReadResult) -> None:
+    """A snapshot of a whole version: every static entry there, nothing torn."""
+    assert not result.missing_final_newline
+    assert not result.rejected
+    assert result.mountd_stops_at_line is None
+    have = counts(result)
+    for e in STATIC:
+        assert have.get(e.key) == e.count, f"{e!r} missing: a torn read"
+
+
+@pytest.fixture
+def statedir(tmp_path: Path) -> Path:
+    d = tmp_path / "nfs"
+    d.mkdir()
+    (d / "rmtab").write_bytes(STATIC_BYTES)
+    return d
+
+
+def start_workers(statedir: Path, n: int, ops: int, gap: float) -> list[subprocess.Popen[bytes]]:
+    return [
+        subprocess.Popen(
+            command("worker", str(statedir), str(w), str(SEED), str(ops), "--gap", str(gap))
+        )
+        for w in range(n)
+    ]
+
+
+def expected_counts(workers: int, ops: int) -> dict[tuple[bytes, bytes], int]:
+    expected = {e.key: e.count for e in STATIC}
+    for w in range(workers):
+        expected.update(model({}, plan(w, SEED, ops)))
+    return expected
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("gap", [0.0, 0.003], ids=["plain", "late-tail"])
+def test_mountd_writers_and_a_rewrite_loop_lose_nothing(statedir: Path, gap: float) -> None:
+    workers, ops = 3, 150
+    rmtab = statedir / "rmtab"
+    procs = start_workers(statedir, workers, ops, gap)
+    iteration = rereads = 0
+    try:
+        while any(p.poll() is None for p in procs):
+            iteration += 1
+            report = rewrite_file(
+                rmtab, rewriter_build(b"a", iteration), mountd_statedir=statedir, timeout=30
+            )
+            assert report.changed
+            rereads += report.rereads
+            result, _ = read_snapshot(rmtab, mountd_statedir=statedir, timeout=30)
+            check_complete(result)
+    finally:
+        for p in procs:
+            p.wait(timeout=60)
+    assert [p.returncode for p in procs] == [0] * workers
+    assert iteration > 1, "the workers finished before a single rewrite raced them"
+
+    final = read_table(rmtab)
+    check_complete(final)
+    expected = expected_counts(workers, ops)
+    expected[marker(b"a")] = iteration
+    assert counts(final) == expected
+    assert final.lines == len(expected)  # canonical: one line per entry
+
+
+@pytest.mark.slow
+def test_two_rewriters_and_mountd_writers_lose_nothing(statedir: Path) -> None:
+    workers, ops, rounds = 2, 120, 15
+    rmtab = statedir / "rmtab"
+    procs = start_workers(statedir, workers, ops, 0.001)
+    rewriters = []
+    for name in (b"x", b"y"):
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            code = 1
+            try:
+                for i in range(1, rounds + 1):
+                    rewrite_file(
+                        rmtab, rewriter_build(name, i), mountd_statedir=statedir, timeout=30
+                    )
+                code = 0
+            finally:
+                os._exit(code)
+        rewriters.append(pid)
+    codes = [os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) for pid in rewriters]
+    for p in procs:
+        p.wait(timeout=60)
+    assert codes == [0, 0]
+    assert [p.returncode for p in procs] == [0] * workers
+
+    expected = expected_counts(workers, ops)
+    expected[marker(b"x")] = rounds
+    expected[marker(b"y")] = rounds
+    assert counts(read_table(rmtab)) == expected
+
+
+def _umnt_with_late_tail(statedir: Path, gap: float) -> subprocess.Popen[bytes]:
+    """Start a UMNT that renames rmtab.tmp into place and writes its tail ``gap`` later;
+    return once the rename has happened (the file is then visibly incomplete)."""
+    rmtab = statedir / "rmtab"
+    rmtab.write_bytes(b"10.9.9.9:/srv/gone:0x00000001\n" + STATIC_BYTES)
+    old_ino = os.stat(rmtab).st_ino
+    proc = subprocess.Popen(
+        command("umnt", str(statedir), "10.9.9.9", "/srv/gone", "--gap", str(gap))
+    )
+    deadline = time.monotonic() + 30
+    while os.stat(rmtab).st_ino == old_ino:
+        assert time.monotonic() < deadline, "the UMNT never renamed its temp file"
+        time.sleep(0.001)
+    return proc
+
+
+def test_reads_never_see_a_file_mountd_renamed_but_has_not_finished(statedir: Path) -> None:
+    rmtab = statedir / "rmtab"
+    proc = _umnt_with_late_tail(statedir, gap=1.0)
+    try:
+        torn = read_bytes(rmtab.read_bytes())  # what a naive reader sees right now
+        result, _ = read_snapshot(rmtab, mountd_statedir=statedir, timeout=30)
+    finally:
+        proc.wait(timeout=30)
+    assert torn.bytes_read < len(STATIC_BYTES)  # the hazard is real...
+    check_complete(result)  # ...and the consistent read waited it out
+    assert counts(result).get((b"10.9.9.9", b"/srv/gone")) is None
+
+
+def test_rewrite_started_in_mountds_rename_window_folds_in_the_whole_file(statedir: Path) -> None:
+    rmtab = statedir / "rmtab"
+    proc = _umnt_with_late_tail(statedir, gap=0.3)
+    try:
+        report = rewrite_file(rmtab, rewriter_build(b"a", 1), mountd_statedir=statedir, timeout=30)
+    finally:
+        proc.wait(timeout=30)
+    assert report.rereads >= 1  # the torn snapshot was not trusted
+    final = read_table(rmtab)
+    check_complete(final)
+    expected = {e.key: e.count for e in STATIC}
+    expected[marker(b"a")] = 1
+    assert counts(final) == expected

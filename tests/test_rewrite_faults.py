@@ -1,0 +1,299 @@
+"""Faults during a rewrite: kill -9, signals, full disks, read-only and permission errors.
+
+Whatever happens, the target is exactly the old or exactly the new content, never
+partial or missing; temp files are removed (or, after kill -9, by the next run);
+errors name the file and the reason.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import resource
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import NoReturn, Optional
+
+import pytest
+from mountd_like import RaisedInChild, in_child
+
+from rmtabtool import errors
+from rmtabtool import safefile as sf
+from rmtabtool.safefile import SignalReceived, rewrite_file, temp_name_pattern
+from rmtabtool.table import ReadResult
+
+# Two versions the rewriting child alternates between: a bloated file and a clean one.
+OLD = b"".join(
+    b"10.0.%d.%d:/srv/export/%d:0x00000001\n" % (i % 7, i % 13, i % 5) for i in range(6000)
+)
+NEW = b"".join(b"192.168.%d.%d:/srv/other:0x00000002\n" % (i // 200, i % 200) for i in range(3000))
+TRIALS = 60
+
+
+def toggle(snapshot: Optional[ReadResult]) -> Iterator[bytes]:
+    """OLD -> NEW -> OLD ...; anything else is a torn file: fail loudly."""
+    assert snapshot is not None
+    if snapshot.bytes_read == len(OLD):
+        data = NEW
+    elif snapshot.bytes_read == len(NEW):
+        data = OLD
+    else:
+        raise AssertionError(f"torn file: {snapshot.bytes_read} bytes")
+    for i in range(0, len(data), 16384):
+        yield data[i : i + 16384]
+
+
+def our_temps(target: Path) -> list[Path]:
+    pattern = temp_name_pattern(target)
+    return sorted(target.parent / n for n in os.listdir(target.parent) if pattern.fullmatch(n))
+
+
+@pytest.fixture
+def live(tmp_path: Path) -> Path:
+    statedir = tmp_path / "nfs"
+    statedir.mkdir()
+    target = statedir / "rmtab"
+    target.write_bytes(OLD)
+    return target
+
+
+def _rewrite_forever(target: Path, ready: int, before_commit: bool = False) -> NoReturn:
+    """The child: rewrite OLD <-> NEW until killed."""
+    try:
+        sf.MEMORY_OUTPUT_MAX = 4096  # stream through the temp file from the start
+        os.write(ready, b"r")
+
+        def announce_and_wait(snapshot: Optional[ReadResult]) -> None:
+            os.write(ready, b"c")
+            time.sleep(60)
+
+        hook = announce_and_wait if before_commit else None
+        while True:
+            rewrite_file(
+                target, toggle, mountd_statedir=target.parent, timeout=30, before_commit=hook
+            )
+    except SignalReceived as exc:
+        os._exit(128 + exc.signum)
+    finally:
+        os._exit(70)
+
+
+def _start_child(target: Path, before_commit: bool = False) -> tuple[int, int]:
+    rfd, wfd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        os.close(rfd)
+        _rewrite_forever(target, wfd, before_commit)
+    os.close(wfd)
+    assert os.read(rfd, 1) == b"r"
+    return pid, rfd
+
+
+def _check_and_clean(target: Path) -> list[Path]:
+    """Old or new exactly; then the next run removes what the dead one left."""
+    content = target.read_bytes()
+    assert content in (OLD, NEW), f"partial target: {len(content)} bytes"
+    left = our_temps(target)
+    report = rewrite_file(target, toggle, mountd_statedir=target.parent, timeout=5)
+    assert sorted(report.stale_temps_removed) == left
+    assert our_temps(target) == []
+    assert not (target.parent / "rmtab.tmp").exists()
+    return left
+
+
+@pytest.mark.slow
+def test_kill_9_at_random_moments_leaves_old_or_new(live: Path) -> None:
+    rng = random.Random(20120427)
+    with_temp = 0
+    for _ in range(TRIALS):
+        pid, rfd = _start_child(live)
+        time.sleep(rng.uniform(0, 0.05))
+        os.kill(pid, signal.SIGKILL)
+        _, status = os.waitpid(pid, 0)
+        os.close(rfd)
+        assert os.WIFSIGNALED(status), "the child died on its own"
+        with_temp += bool(_check_and_clean(live))
+    # The kills did land in the middle of writes, not only between them.
+    assert with_temp > 0
+
+
+def test_kill_9_while_holding_mountds_lock_blocks_nobody_afterwards(live: Path) -> None:
+    pid, rfd = _start_child(live, before_commit=True)
+    assert os.read(rfd, 1) == b"c"  # temp complete, mountd's lock held, about to rename
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    os.close(rfd)
+    assert live.read_bytes() == OLD
+    assert len(our_temps(live)) == 1
+    left = _check_and_clean(live)  # timeout 5: the dead run's locks are gone
+    assert len(left) == 1
+    assert live.read_bytes() == NEW
+
+
+def test_sigterm_at_random_moments_cleans_up_at_once(live: Path) -> None:
+    rng = random.Random(7)
+    for _ in range(12):
+        pid, rfd = _start_child(live)
+        time.sleep(rng.uniform(0, 0.05))
+        os.kill(pid, signal.SIGTERM)
+        _, status = os.waitpid(pid, 0)
+        os.close(rfd)
+        # Inside a rewrite it raised SignalReceived and cleaned up; between two
+        # rewrites the default action killed it. Either way nothing is left.
+        assert os.waitstatus_to_exitcode(status) in (128 + signal.SIGTERM, -signal.SIGTERM)
+        assert live.read_bytes() in (OLD, NEW)
+        assert our_temps(live) == []
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # ours is restored
+
+
+# ------------------------------------------------------------------ full disk
+
+
+def test_file_size_limit_efbig_keeps_the_original(live: Path) -> None:
+    live.write_bytes(b"10.0.0.1:/srv/a:0x00000001\n")
+
+    def limited() -> object:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # write() fails with EFBIG instead
+        _, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, hard))
+        return rewrite_file(
+            live, lambda s: [NEW * 4], mountd_statedir=live.parent, timeout=5
+        ).changed
+
+    code, value = in_child(limited)
+    assert code == 0
+    assert isinstance(value, RaisedInChild), value
+    assert value.name == "IOFailure"
+    assert "File too large" in value.message
+    assert str(live) in value.message
+    assert "unchanged" in value.message
+    assert live.read_bytes() == b"10.0.0.1:/srv/a:0x00000001\n"
+    assert our_temps(live) == []
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path) -> Iterator[Path]:
+    """A 64 KiB tmpfs, or a skip where mounting is not possible."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if shutil.which("mount") is None:
+        pytest.skip("no mount command to make a tiny tmpfs for ENOSPC")
+    proc = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64k,mode=0755", "tmpfs", str(mnt)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tiny tmpfs for ENOSPC: {proc.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+@pytest.mark.root
+def test_full_filesystem_enospc_keeps_the_original(small_fs: Path) -> None:
+    target = small_fs / "rmtab"
+    target.write_bytes(b"10.0.0.1:/srv/a:0x00000001\n")
+    with pytest.raises(errors.IOFailure) as info:
+        rewrite_file(target, lambda s: [NEW * 4], mountd_statedir=small_fs, timeout=5)
+    assert "No space left on device" in str(info.value)
+    assert str(target) in str(info.value)
+    assert info.value.exit_code == 74
+    assert target.read_bytes() == b"10.0.0.1:/srv/a:0x00000001\n"
+    assert our_temps(target) == []
+    # and with room again, the same rewrite goes through
+    report = rewrite_file(target, lambda s: [NEW[:8192]], mountd_statedir=small_fs, timeout=5)
+    assert report.changed
+
+
+@pytest.mark.root
+def test_read_only_filesystem_is_an_output_error(small_fs: Path) -> None:
+    target = small_fs / "rmtab"
+    target.write_bytes(OLD[:1000])
+    proc = subprocess.run(["mount", "-o", "remount,ro", str(small_fs)], check=False)
+    assert proc.returncode == 0
+    with pytest.raises(errors.OutputError) as info:
+        rewrite_file(target, lambda s: [NEW[:100]], mountd_statedir=None, timeout=1)
+    assert "Read-only file system" in str(info.value)
+    assert info.value.exit_code == 73
+    assert target.read_bytes() == OLD[:1000]
+
+
+# ------------------------------------------------------------------ permissions
+
+
+@pytest.fixture
+def public_dir() -> Iterator[Path]:
+    """A directory other users can reach (pytest's tmp_path is 0700)."""
+    top = Path(tempfile.mkdtemp(prefix="rmtabtool-test-"))
+    try:
+        os.chmod(top, 0o755)
+        yield top
+    finally:
+        shutil.rmtree(top)
+
+
+def _as_user(uid: int, fn: sf.Build, target: Path) -> tuple[int, object]:
+    def run() -> object:
+        os.setgid(uid)
+        os.setuid(uid)
+        return rewrite_file(target, fn, mountd_statedir=None, timeout=1).changed
+
+    return in_child(run)
+
+
+@pytest.mark.root
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to become another user")
+def test_unwritable_directory_is_permission_denied(public_dir: Path) -> None:
+    target = public_dir / "rmtab"
+    target.write_bytes(OLD[:1000])
+    os.chmod(target, 0o666)  # the file is writable, its directory is not
+    _, value = _as_user(65534, lambda s: [NEW[:100]], target)
+    assert isinstance(value, RaisedInChild), value
+    assert value.name == "PermissionDenied"
+    assert "Permission denied" in value.message
+    assert target.read_bytes() == OLD[:1000]
+    assert our_temps(target) == []
+
+
+@pytest.mark.root
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to become another user")
+def test_owner_that_cannot_be_kept_is_refused_not_changed(public_dir: Path) -> None:
+    d = public_dir / "shared"
+    d.mkdir()
+    os.chown(d, 1000, 1000)
+    target = d / ".rmtab"
+    target.write_bytes(OLD[:1000])
+    os.chown(target, 2000, 2000)
+    os.chmod(target, 0o666)
+    _, value = _as_user(1000, lambda s: [NEW[:100]], target)
+    assert isinstance(value, RaisedInChild), value
+    assert value.name == "PermissionDenied"
+    assert "2000:2000" in value.message
+    st = os.stat(target)
+    assert (st.st_uid, st.st_gid) == (2000, 2000)
+    assert target.read_bytes() == OLD[:1000]
+    assert our_temps(target) == []
+
+
+def test_target_removed_between_snapshot_and_rename_is_rebuilt_from_nothing(live: Path) -> None:
+    seen: list[Optional[ReadResult]] = []
+
+    def build(snapshot: Optional[ReadResult]) -> list[bytes]:
+        seen.append(snapshot)
+        if len(seen) == 1:
+            live.unlink()  # an admin's rm, or a failover unmounting /var/lib/nfs
+        return [] if snapshot is None else [b"10.0.0.1:/srv/a:0x00000001\n"]
+
+    report = rewrite_file(live, build, mountd_statedir=live.parent, timeout=5)
+    assert report.rereads == 1
+    assert seen[-1] is None
+    assert report.created
+    assert live.read_bytes() == b""
