@@ -483,6 +483,8 @@ def dedupe(
 ) -> WriteResult:
     """One canonical line per (client, path), max count, first-seen order."""
     name = os.fspath(file) if file is not None else os.fspath(live.path)
+    if output is not None and _same_file(output, name):
+        output = None  # `dedupe F -o F` is an in-place dedupe: F's rejects go to F.rejects
     if output is None:
         if name == STDIO:
             raise errors.UsageError("dedupe of standard input needs -o/--output")
@@ -547,6 +549,11 @@ def merge(
         raise errors.UsageError("merge needs at least one SOURCE")
     if sum(1 for s in sources if os.fspath(s) == STDIO) > 1:
         raise errors.UsageError("standard input ('-') can be read only once")
+    if output is not None and any(_same_file(output, s) for s in sources):
+        # `merge A F -o F` is `merge A --into F`: F's own rejected lines must go to
+        # F.rejects, not vanish with the rewrite.
+        into, output = output, None
+        sources = [s for s in sources if not _same_file(into, s)] or [into]
     read = [(os.fspath(s), _read_source(s, live, stdin=stdin, jobs=jobs)) for s in sources]
     _strict_check(strict, read)
     incoming = Table()
@@ -583,6 +590,13 @@ def merge(
     )
     _fill_counts(result, [r for _, r in read], table, zero_dropped)
     return result
+
+
+def _same_file(a: PathArg, b: PathArg) -> bool:
+    na, nb = os.fspath(a), os.fspath(b)
+    if STDIO in (na, nb):
+        return False
+    return is_same_file(na, nb)
 
 
 def _export_bytes(export_dir: PathArg) -> bytes:
@@ -679,17 +693,24 @@ def restore(
         own = snapshot.table if snapshot is not None else Table()
         plan.lines_in = (snapshot.lines if snapshot else 0) + backup_read.lines
         if replace:
-            keep = [
-                not path_in_export(e.path, export, exact=exact) or e.key in wanted_keys for e in own
-            ]
-            plan.removed = [e for e, k in zip(own, keep) if not k]
-            own = own.filter(keep)
+            # The backup is authoritative for this export: its entries AND counts
+            # replace the local ones (max would resurrect a count that went down
+            # on the other node); local entries it lacks are removed.
+            kept: list[Entry] = []
+            for entry in own:
+                if not path_in_export(entry.path, export, exact=exact):
+                    kept.append(entry)
+                elif entry.key in wanted_counts:
+                    kept.append(entry.with_count(wanted_counts[entry.key]))
+                else:
+                    plan.removed.append(entry)
+            own = Table(kept)
         merged = own.merged(wanted)
         plan.merged_entries = len(merged) + len(plan.removed)
         table, plan.zero_dropped = _drop_zero(merged) if drop_zero else (merged, 0)
         return table
 
-    wanted_keys = {e.key for e in wanted}
+    wanted_counts = {e.key: e.count for e in wanted}
     result, _plan = _rewrite_in_place(
         "restore",
         live.path,
