@@ -50,9 +50,10 @@ MOUNTD_LOCK_NAME = ".rmtab.lock"
 TOOL_LOCK_SUFFIX = ".rmtabtool-lock"
 
 # Polling: mountd holds its lock for a few milliseconds per request, so start with
-# short sleeps and back off to a ceiling that keeps us responsive.
-_POLL_FIRST = 0.001
-_POLL_MAX = 0.02
+# short sleeps and back off to a low ceiling: a busy mountd frees its lock only
+# briefly between requests, and a slow poll would keep missing those moments.
+_POLL_FIRST = 0.0005
+_POLL_MAX = 0.001
 
 # lockf() reports a conflicting lock as EAGAIN or EACCES (POSIX allows both).
 _CONTENDED = frozenset({errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK})

@@ -17,7 +17,12 @@ new file, :class:`AtomicWriter`):
   check that the file is still the one the new content was built from and to
   rename. If mountd changed it meanwhile the change is folded in (re-read and
   rebuild) before anything is renamed, so no MNT or UMNT is ever lost;
-* the live rmtab's mtime second always moves (mountd's DUMP cache keys on it).
+* the live rmtab's mtime second always moves (mountd's DUMP cache keys on it);
+* mountd's lock is held for a stat, the rename and the caller's ``before_commit``
+  only (measured: ~0.2 ms for a clean re-check of a 1 GiB file; the replaced
+  file's blocks are freed after the lock is released, not inside rename(2));
+* SIGTERM/SIGHUP during a rewrite clean up like Ctrl-C (:class:`SignalReceived`);
+  after kill -9, the next run removes the stale temp file.
 
 The live-rmtab decision is the caller's: pass ``mountd_statedir`` (the directory
 of the live rmtab path as configured) when :func:`is_same_file` says the target is
@@ -43,7 +48,7 @@ from typing import BinaryIO, Optional, Union
 
 from . import errors
 from .locking import MountdLock, ToolLock
-from .table import CHUNK_SIZE, ReadResult, read_table
+from .table import CHUNK_SIZE, ReadResult, read_bytes, read_table
 
 __all__ = [
     "MEMORY_OUTPUT_MAX",
@@ -83,6 +88,10 @@ MEMORY_OUTPUT_MAX = 8 << 20
 #: rebuilt under the lock at once: the new temp file's fsync alone takes
 #: milliseconds, and every client MNT/UMNT waits that long.
 OPTIMISTIC_RETRIES = 3
+#: A file up to this size is kept in memory as read, so that a snapshot taken just
+#: after a change (too recent for its mtime to prove anything, see _RACY_NS) is
+#: confirmed by comparing bytes under the lock instead of by waiting and re-reading.
+VERIFY_MAX = 1 << 20
 
 _NS = 1_000_000_000
 # Two modifications within one timestamp tick leave the same mtime, so a file
@@ -471,10 +480,15 @@ class AtomicWriter:
 class _Snapshot:
     """One read of a file: the parsed content and the state it was read at."""
 
-    __slots__ = ("result", "started_ns", "state", "under_lock", "unstable")
+    __slots__ = ("content", "result", "started_ns", "state", "under_lock", "unstable")
 
     def __init__(
-        self, result: ReadResult, state: FileState, started_ns: int, unstable: bool
+        self,
+        result: ReadResult,
+        state: FileState,
+        started_ns: int,
+        unstable: bool,
+        content: Optional[bytes],
     ) -> None:
         self.result = result
         self.state = state
@@ -482,21 +496,51 @@ class _Snapshot:
         self.started_ns = started_ns
         #: the file visibly changed while it was being read
         self.unstable = unstable
+        #: the bytes read, for a file up to VERIFY_MAX
+        self.content = content
         #: read while holding mountd's exclusive lock (nothing could change it)
         self.under_lock = False
 
-    def trusted(self, current: Optional[FileState], *, strict: bool = True) -> bool:
-        """Is the file, now in state ``current``, still exactly what was read?
+    def trusted(self, path: Path, current: Optional[FileState], *, strict: bool = True) -> bool:
+        """Is the file at ``path``, now in state ``current``, still exactly what was read?
 
         ``strict``: also refuse a "racy" snapshot, one whose mtime a change made
-        since the read began could have reproduced (see :func:`_racy`). Only worth
-        it against a writer we lock out (mountd); others are not coordinated with.
+        since the read began could have reproduced (see :func:`_racy`), unless
+        its bytes are at hand to compare. Only worth it against a writer we lock
+        out (mountd); other writers are not coordinated with at all.
         """
         if current != self.state or (self.unstable and not self.under_lock):
             return False
         if self.under_lock or not strict:
             return True
-        return not _racy(self.state.mtime_ns, self.started_ns, time.time_ns())
+        if not _racy(self.state.mtime_ns, self.started_ns, time.time_ns()):
+            return True
+        return self.content is not None and _content_is(path, self.state, self.content)
+
+
+def _read_fd(fd: int) -> bytes:
+    chunks: list[bytes] = []
+    while True:
+        chunk = os.read(fd, CHUNK_SIZE)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+
+
+def _content_is(path: Path, state: FileState, content: bytes) -> bool:
+    """Does ``path`` (in ``state``) hold exactly ``content``? (a small file, under the lock)"""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        if FileState.from_stat(os.fstat(fd)) != state:
+            return False
+        return _read_fd(fd) == content
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
 
 
 def _racy_window(mtime_ns: int) -> int:
@@ -515,13 +559,15 @@ def _racy(mtime_ns: int, started_ns: int, now_ns: int) -> bool:
 
 
 def _settle(path: Path) -> None:
-    """Before an unlocked read: if the file was modified just now, wait (at most one
-    fine-grained window) so that the read will not be racy."""
+    """Before an unlocked read of a big file: if it was modified just now, wait (at
+    most one fine-grained window) so that the read will not be racy. (Small files
+    are confirmed by their bytes instead: no waiting.)"""
     try:
-        mtime = os.stat(path).st_mtime_ns
+        st = os.stat(path)
     except OSError:
         return
-    if _racy_window(mtime) != _RACY_NS:
+    mtime = st.st_mtime_ns
+    if st.st_size <= VERIFY_MAX or _racy_window(mtime) != _RACY_NS:
         return  # whole-second timestamps: not worth waiting for
     delay = mtime + _RACY_NS - time.time_ns() + 1_000_000
     if 0 < delay <= _RACY_NS + 1_000_000:
@@ -549,15 +595,20 @@ def _read_once(path: Path, *, settle: bool = False) -> Optional[_Snapshot]:
         os.close(fd)
         kind = "it is a directory" if stat.S_ISDIR(before.st_mode) else "not a regular file"
         raise errors.InputMissing(f"cannot read {path}: {kind}")
+    content: Optional[bytes] = None
     with open(fd, "rb", buffering=0) as stream:
         try:
-            result = read_table(stream)
+            if before.st_size <= VERIFY_MAX:
+                content = _read_fd(fd)
+                result = read_bytes(content)
+            else:
+                result = read_table(stream)
             after = os.fstat(fd)
         except OSError as exc:
             raise errors.from_oserror(exc, path, "read", reading=True) from exc
     state = FileState.from_stat(before)
     unstable = FileState.from_stat(after) != state
-    return _Snapshot(result, state, started, unstable)
+    return _Snapshot(result, state, started, unstable, content)
 
 
 def _read_under_lock(path: Path) -> Optional[_Snapshot]:
@@ -578,7 +629,7 @@ def _settled_read(path: Path) -> Optional[_Snapshot]:
         if snap is None:
             return None
         time.sleep(_RACY_NS / _NS)
-        if snap.trusted(FileState.of(path)):
+        if snap.trusted(path, FileState.of(path)):
             return snap
         snap = _read_once(path, settle=True)
     return snap
@@ -614,7 +665,7 @@ def _consistent_read(
         except errors.PermissionDenied:
             return _settled_read(path)
         try:
-            if snap.trusted(FileState.of(path)):
+            if snap.trusted(path, FileState.of(path)):
                 return snap
             attempts += 1
             if attempts > OPTIMISTIC_RETRIES:
@@ -922,7 +973,7 @@ def _rewrite_locked(
                 if snap is None:
                     unchanged = current is None
                 else:
-                    unchanged = snap.trusted(current, strict=mountd is not None)
+                    unchanged = snap.trusted(path, current, strict=mountd is not None)
                 if unchanged:
                     if before_commit is not None:
                         before_commit(snap.result if snap is not None else None)
