@@ -17,7 +17,8 @@ It follows nfs-utils (``utils/mountd/rmtab.c``, ``support/nfs/rmtab.c``,
 Run as a program it serves the tests' other processes::
 
     python mountd_like.py mnt|umnt STATEDIR CLIENT PATH [--nonblock] [--gap S]
-    python mountd_like.py worker STATEDIR WORKER_ID SEED OPS [--gap S]
+    python mountd_like.py worker STATEDIR WORKER_ID SEED OPS [--gap S] [--pause S] [--stop FILE]
+        (prints "started" after its first op, and how many ops it did at the end)
     python mountd_like.py hold LOCKFILE lockf-ex|lockf-sh|flock-ex
 """
 
@@ -26,9 +27,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
+import itertools
 import os
 import pickle
 import random
+import re
 import subprocess
 import sys
 import time
@@ -44,12 +47,16 @@ _FGETS_MAX = 2046  # fgets(buf, sizeof(buf) - 1) with a 2048-byte buffer
 _ID_MAX = 1024  # r_client / r_path are cut to this many characters
 _STDIO_BUFSIZ = 4096  # stdio flushes whole buffers of this size before fclose
 
+_CANONICAL_COUNT = re.compile(rb"0x[0-9a-f]{8}")
+
 Key = tuple[bytes, bytes]
 Op = tuple[str, bytes, bytes]
 
 
 def strtol0(text: bytes) -> int:
     """``strtol(text, NULL, 0)`` stored in a C ``int`` and printed with ``%x``."""
+    if _CANONICAL_COUNT.fullmatch(text):  # what mountd itself writes: the fast path
+        return int(text[2:], 16)
     s = text.lstrip(b" \t\n\r\v\f")
     sign = 1
     if s[:1] in (b"+", b"-"):
@@ -200,15 +207,18 @@ def worker_keys(worker: int) -> list[Key]:
     return [(c, p) for c in clients for p in paths]
 
 
-def plan(worker: int, seed: int, n: int) -> list[Op]:
+def iter_plan(worker: int, seed: int) -> Iterator[Op]:
     """The op sequence a worker runs: fixed by (worker, seed), whatever the file says."""
     rng = random.Random(seed * 1000 + worker)
     keys = worker_keys(worker)
-    ops: list[Op] = []
-    for _ in range(n):
+    while True:
         client, path = rng.choice(keys)
-        ops.append(("mnt" if rng.random() < 0.6 else "umnt", client, path))
-    return ops
+        yield ("mnt" if rng.random() < 0.6 else "umnt", client, path)
+
+
+def plan(worker: int, seed: int, n: int) -> list[Op]:
+    """The first ``n`` ops of :func:`iter_plan`."""
+    return list(itertools.islice(iter_plan(worker, seed), n))
 
 
 def model(initial: dict[Key, int], ops: Sequence[Op]) -> dict[Key, int]:
@@ -225,13 +235,39 @@ def model(initial: dict[Key, int], ops: Sequence[Op]) -> dict[Key, int]:
     return counts
 
 
-def run_worker(statedir: Path, worker: int, seed: int, n: int, gap: float) -> int:
-    for op, client, path in plan(worker, seed, n):
+def run_worker(
+    statedir: Path,
+    worker: int,
+    seed: int,
+    n: int,
+    *,
+    gap: float = 0.0,
+    pause: float = 0.0,
+    stop: Optional[Path] = None,
+    on_first: Optional[Callable[[], object]] = None,
+) -> int:
+    """Run the first ops of ``plan(worker, seed, n)``; return how many ran.
+
+    Stops early once ``stop`` exists (the plan's prefix is what was done, so the
+    model stays exact). ``pause``: up to that many seconds between ops, like a
+    real client stream, leaving mountd's lock free most of the time.
+    ``on_first`` runs once the first op is done.
+    """
+    pauses = random.Random(seed * 1000 + worker + 1)
+    done = 0
+    for op, client, path in itertools.islice(iter_plan(worker, seed), n):
+        if stop is not None and stop.exists():
+            break
         if op == "mnt":
             mnt(statedir, client, path)
         else:
             umnt(statedir, client, path, gap=gap)
-    return n
+        done += 1
+        if done == 1 and on_first is not None:
+            on_first()
+        if pause:
+            time.sleep(pauses.uniform(0, pause))
+    return done
 
 
 # ---------------------------------------------------------------- processes
@@ -339,13 +375,30 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     w.add_argument("seed", type=int)
     w.add_argument("ops", type=int)
     w.add_argument("--gap", type=float, default=0.0)
+    w.add_argument("--pause", type=float, default=0.0)
+    w.add_argument("--stop", type=Path, default=None)
     h = sub.add_parser("hold")
     h.add_argument("lockfile", type=Path)
     h.add_argument("how", choices=["lockf-ex", "lockf-sh", "flock-ex"])
     args = parser.parse_args(argv)
 
     if args.cmd == "worker":
-        run_worker(args.statedir, args.worker, args.seed, args.ops, args.gap)
+
+        def started() -> None:
+            sys.stdout.write("started\n")
+            sys.stdout.flush()
+
+        done = run_worker(
+            args.statedir,
+            args.worker,
+            args.seed,
+            args.ops,
+            gap=args.gap,
+            pause=args.pause,
+            stop=args.stop,
+            on_first=started,
+        )
+        sys.stdout.write(f"{done}\n")
         return 0
     if args.cmd == "hold":
         hold(args.lockfile, args.how)

@@ -76,79 +76,112 @@ def statedir(tmp_path: Path) -> Path:
     return d
 
 
-def start_workers(statedir: Path, n: int, ops: int, gap: float) -> list[subprocess.Popen[bytes]]:
-    return [
-        subprocess.Popen(
-            command("worker", str(statedir), str(w), str(SEED), str(ops), "--gap", str(gap))
-        )
-        for w in range(n)
-    ]
+class Workers:
+    """mountd-like worker processes that run until told to stop.
 
+    They have all started writing before the test's rewrites begin and stop only
+    after those are done, so every rewrite runs while they write; each reports
+    how many ops it did, so the model is exact.
+    """
 
-def expected_counts(workers: int, ops: int) -> dict[tuple[bytes, bytes], int]:
-    expected = {e.key: e.count for e in STATIC}
-    for w in range(workers):
-        expected.update(model({}, plan(w, SEED, ops)))
-    return expected
+    MAX_OPS = 100_000
+
+    def __init__(self, statedir: Path, n: int, *, gap: float) -> None:
+        self.stop = statedir.parent / "stop-workers"
+        self.procs = [
+            subprocess.Popen(
+                command(
+                    "worker",
+                    str(statedir),
+                    str(w),
+                    str(SEED),
+                    str(self.MAX_OPS),
+                    "--gap",
+                    str(gap),
+                    "--pause",
+                    "0.01",
+                    "--stop",
+                    str(self.stop),
+                ),
+                stdout=subprocess.PIPE,
+            )
+            for w in range(n)
+        ]
+
+        for p in self.procs:  # overlap by construction: all are writing already
+            assert p.stdout is not None
+            assert p.stdout.readline() == b"started\n"
+
+    def finish(self) -> list[int]:
+        """Stop them; the number of ops each did."""
+        self.stop.touch()
+        done = []
+        for p in self.procs:
+            out, _ = p.communicate(timeout=60)
+            assert p.returncode == 0
+            done.append(int(out))
+        return done
+
+    def expected(self, done: list[int]) -> dict[tuple[bytes, bytes], int]:
+        expected = {e.key: e.count for e in STATIC}
+        for w, n in enumerate(done):
+            assert n < self.MAX_OPS
+            expected.update(model({}, plan(w, SEED, n)))
+        return expected
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("gap", [0.0, 0.003], ids=["plain", "late-tail"])
 def test_mountd_writers_and_a_rewrite_loop_lose_nothing(statedir: Path, gap: float) -> None:
-    workers, ops = 3, 150
     rmtab = statedir / "rmtab"
-    procs = start_workers(statedir, workers, ops, gap)
-    iteration = rereads = 0
+    rounds = 25
+    workers = Workers(statedir, 3, gap=gap)
     try:
-        while any(p.poll() is None for p in procs):
-            iteration += 1
+        for i in range(1, rounds + 1):
             report = rewrite_file(
-                rmtab, rewriter_build(b"a", iteration), mountd_statedir=statedir, timeout=30
+                rmtab, rewriter_build(b"a", i), mountd_statedir=statedir, timeout=30
             )
             assert report.changed
-            rereads += report.rereads
             result, _ = read_snapshot(rmtab, mountd_statedir=statedir, timeout=30)
             check_complete(result)
     finally:
-        for p in procs:
-            p.wait(timeout=60)
-    assert [p.returncode for p in procs] == [0] * workers
-    assert iteration > 1, "the workers finished before a single rewrite raced them"
+        done = workers.finish()
+    assert all(n > 0 for n in done)
 
     final = read_table(rmtab)
     check_complete(final)
-    expected = expected_counts(workers, ops)
-    expected[marker(b"a")] = iteration
+    expected = workers.expected(done)
+    expected[marker(b"a")] = rounds
     assert counts(final) == expected
     assert final.lines == len(expected)  # canonical: one line per entry
 
 
 @pytest.mark.slow
 def test_two_rewriters_and_mountd_writers_lose_nothing(statedir: Path) -> None:
-    workers, ops, rounds = 2, 120, 15
     rmtab = statedir / "rmtab"
-    procs = start_workers(statedir, workers, ops, 0.001)
-    rewriters = []
-    for name in (b"x", b"y"):
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - the child
-            code = 1
-            try:
-                for i in range(1, rounds + 1):
-                    rewrite_file(
-                        rmtab, rewriter_build(name, i), mountd_statedir=statedir, timeout=30
-                    )
-                code = 0
-            finally:
-                os._exit(code)
-        rewriters.append(pid)
-    codes = [os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) for pid in rewriters]
-    for p in procs:
-        p.wait(timeout=60)
+    rounds = 15
+    workers = Workers(statedir, 2, gap=0.001)
+    try:
+        rewriters = []
+        for name in (b"x", b"y"):
+            pid = os.fork()
+            if pid == 0:  # pragma: no cover - the child
+                code = 1
+                try:
+                    for i in range(1, rounds + 1):
+                        rewrite_file(
+                            rmtab, rewriter_build(name, i), mountd_statedir=statedir, timeout=30
+                        )
+                    code = 0
+                finally:
+                    os._exit(code)
+            rewriters.append(pid)
+        codes = [os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) for pid in rewriters]
+    finally:
+        done = workers.finish()
     assert codes == [0, 0]
-    assert [p.returncode for p in procs] == [0] * workers
 
-    expected = expected_counts(workers, ops)
+    expected = workers.expected(done)
     expected[marker(b"x")] = rounds
     expected[marker(b"y")] = rounds
     assert counts(read_table(rmtab)) == expected

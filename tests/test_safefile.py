@@ -589,6 +589,21 @@ def test_same_tick_in_place_change_of_a_recent_file_is_not_missed(
     assert rmtab.read_bytes() == b"10.0.0.2:/srv/b:0x00000002\n10.0.0.1:/srv/a:0x00000004\n"
 
 
+@pytest.mark.parametrize("verify_max", [1 << 20, 0], ids=["small:bytes", "big:settle"])
+def test_a_file_modified_just_now_is_not_reread_needlessly(
+    rmtab: Path, monkeypatch: pytest.MonkeyPatch, verify_max: int
+) -> None:
+    # mountd wrote it a moment ago: a small file is confirmed by its bytes under
+    # the lock, a big one is read only once it is old enough for its mtime to count.
+    monkeypatch.setattr(sf, "VERIFY_MAX", verify_max)
+    now = time.time_ns()
+    os.utime(rmtab, ns=(now, now))
+    report = rewrite_file(rmtab, dedupe, mountd_statedir=rmtab.parent, timeout=5)
+    assert report.rereads == 0
+    assert report.lock_acquisitions == 1
+    assert rmtab.read_bytes() == CANONICAL
+
+
 def test_other_file_replaced_meanwhile_is_reread(rmtab: Path) -> None:
     calls = 0
 
