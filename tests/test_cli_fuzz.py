@@ -388,6 +388,38 @@ def test_dedupe_in_place_is_canonical_lossless_and_idempotent(
 
 
 @FUZZ
+@given(data=files, via_link=st.booleans(), zero=st.booleans())
+def test_output_onto_the_input_is_an_in_place_rewrite(
+    data: bytes, via_link: bool, zero: bool
+) -> None:
+    """`dedupe F -o F` and `merge F -o F` rewrite F: its rejected lines must be
+    appended to a .rejects file exactly as with an in-place dedupe, never vanish.
+    (Through a symlink, either name's .rejects will do: in place on a symlinked
+    file puts it beside the link.)"""
+    with workdir() as d:
+        reference = d / "reference"
+        reference.write_bytes(data)
+        live = d / "live"
+        assert cli(["dedupe", str(reference), *flags(False, zero=zero)], live=live).code == 0
+        for command in ("dedupe", "merge"):
+            f = d / command
+            f.write_bytes(data)
+            target = f
+            if via_link:
+                target = d / f"{command}-link"
+                target.symlink_to(f)
+            run = cli([command, str(f), "-o", str(target), *flags(False, zero=zero)], live=live)
+            assert run.code == 0, run.stderr
+            assert f.read_bytes() == reference.read_bytes(), command
+            appended = rejects_of(d / f"{command}.rejects")
+            if via_link:
+                appended += rejects_of(d / f"{command}-link.rejects")
+            assert appended == rejects_of(d / "reference.rejects"), command
+            if not zero:
+                assert_lossless(data, canonical_table(f.read_bytes()), appended)
+
+
+@FUZZ
 @given(data=files, strict=st.booleans(), zero=st.booleans(), as_json=st.booleans())
 def test_dedupe_of_stdin_into_a_file(data: bytes, strict: bool, zero: bool, as_json: bool) -> None:
     with workdir() as d:

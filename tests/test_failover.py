@@ -276,6 +276,9 @@ def test_thirty_failovers_keep_rmtab_exact_and_lose_no_active_mount(
             # the backup is authoritative for the export: nothing local that it lacks survives
             export_keys = {k for k in table if cluster.in_export(k[1])}
             assert export_keys == backup_keys, f"round {round_no}"
+            # ... and its counts: the export's entries are exactly what the clients hold
+            export_table = {k: n for k, n in table.items() if cluster.in_export(k[1])}
+            assert export_table == cluster.mounted(), f"round {round_no}"
             gone = {k for k in local_before if k not in backup_keys}
             removed = {
                 (os.fsencode(e["client"]), os.fsencode(e["path"])) for e in result["removed"]
@@ -318,6 +321,25 @@ def test_plain_restore_brings_back_a_client_that_unmounted_elsewhere(tmp_path: P
     assert [(e["client"], e["path"]) for e in replaced["removed"]] == [
         ("10.0.0.1", os.fsdecode(export))
     ]
+
+
+def test_restore_replace_takes_the_backups_count(tmp_path: Path) -> None:
+    """A count that went down on the other node must not come back up on failback:
+    with the max of both, the client's last UMNT would leave a stale line behind."""
+    cluster = make_cluster(tmp_path)
+    export = os.fsencode(cluster.export)
+    cluster.mnt(b"10.0.0.1", export)
+    cluster.mnt(b"10.0.0.1", export)  # the client rebooted and remounted: count 2
+    monitor(cluster)
+    rmtabtool("restore", cluster.export, "--rmtab", cluster.there.rmtab, "--replace")
+    cluster.active = 1
+    cluster.umnt(b"10.0.0.1", export)  # on B: count 1
+    monitor(cluster)
+    rmtabtool("restore", cluster.export, "--rmtab", cluster.there.rmtab, "--replace")
+    cluster.active = 0
+    assert (b"10.0.0.1", export, 1) in read_lines(cluster.here.rmtab)
+    cluster.umnt(b"10.0.0.1", export)  # the last mount goes: nothing stale remains
+    assert not [row for row in read_lines(cluster.here.rmtab) if cluster.in_export(row[1])]
 
 
 # ---------------------------------------------------------------- the old restores, for contrast
