@@ -65,7 +65,7 @@ JSON_KEYS = {
 #: modest by default (the whole file stays well under a minute); raise it for a
 #: long hunt: RMTABTOOL_FUZZ_EXAMPLES=5000 pytest tests/test_cli_fuzz.py
 FUZZ = settings(
-    max_examples=int(os.environ.get("RMTABTOOL_FUZZ_EXAMPLES", "80")),
+    max_examples=int(os.environ.get("RMTABTOOL_FUZZ_EXAMPLES", "50")),
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
