@@ -530,7 +530,7 @@ def test_exit_75_when_rpc_mountds_lock_is_held(
     elapsed = time.monotonic() - start
     assert proc.returncode == 75, proc.stderr
     assert ".rmtab.lock" in one_error_line(proc)
-    assert elapsed < 8, "--lock-timeout 0.5 was not honoured"
+    assert elapsed < 9.5, "--lock-timeout 0.5 was not honoured (the default is 10 s)"
     assert snapshot(live) == before
 
 
