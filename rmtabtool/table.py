@@ -16,17 +16,24 @@ set operations, and only lines never seen before are parsed.
 from __future__ import annotations
 
 import io
+import multiprocessing
 import os
-from collections.abc import Iterable, Iterator
+import stat
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
 from typing import BinaryIO, Optional, Union
 
 from .entry import Entry, Reason, Rejected, format_entry, parse_line, stops_mountd
 
 __all__ = [
     "CHUNK_SIZE",
+    "PARALLEL_THRESHOLD",
     "ReadResult",
     "RejectedLine",
     "Table",
+    "auto_jobs",
     "path_in_export",
     "read_table",
 ]
@@ -236,80 +243,424 @@ class ReadResult:
 
 
 Source = Union[str, "os.PathLike[str]", bytes, BinaryIO]
+Read = Callable[[int], bytes]
+
+
+class _Segment:
+    """A run of whole lines met before, with what it contributes to the figures."""
+
+    __slots__ = ("data", "lines", "next", "rejected")
+
+    def __init__(
+        self, data: bytes, lines: int, rejected: tuple[tuple[RejectedLine, int], ...]
+    ) -> None:
+        self.data = data
+        self.lines = lines
+        #: (rejected line, occurrences in this segment) for the rejected lines in it
+        self.rejected = rejected
+        #: the segment that followed this one last time: the prediction
+        self.next: Optional[_Segment] = None
 
 
 class _Reader:
-    """Incremental state of :func:`read_table`; fed whole-line blocks."""
+    """Incremental state of :func:`read_table` over one stream or one byte range.
 
-    # Above this many new rejected lines in one block, count them with one pass
-    # over the block instead of one list.count() per line.
-    _COUNT_PASS = 8
+    Two paths, exactly the same figures:
+
+    * plain: a block of whole lines is ``split()``; when every line is a known
+      valid one (``set.issuperset``, in C) that is all; otherwise the new lines
+      are parsed in first-seen order and the rejected ones counted.
+    * repeats: a seed-like file is the same runs of lines appended again and
+      again (``cat backup >> rmtab``). Once a plain block shows only known lines,
+      one of its lines becomes the *anchor*: the input is cut into segments that
+      start at anchor lines. A segment met before adds its remembered figures
+      (line count, occurrences of rejected lines) without being split. The next
+      segment is predicted (the one that followed last time) and checked in
+      place with ``bytes.startswith`` (a memcmp), so the bulk of a doubled file
+      is compared, not split, hashed or counted. A new segment goes the plain
+      way and is remembered (up to ``CACHE_BYTES``). Repeated segments hold no
+      first occurrence, so line numbers and first-seen order stay exact.
+    """
+
+    # Tuning, measured on seed-like files (docs/performance.md). Tests lower them
+    # to drive the repeat path through small inputs.
+    #: a plain block needs this many lines to choose an anchor from
+    SAMPLE_LINES = 1000
+    #: aimed-at segment size when choosing the anchor line
+    SEGMENT_TARGET = 16 * 1024
+    #: average segment size below which the anchor is dropped (per-segment
+    #: overhead would beat splitting)
+    SEGMENT_MIN = 1024
+    #: wait for an anchor at most this many bytes before going plain
+    SEGMENT_WAIT = 256 * 1024
+    #: memory for remembered segments
+    CACHE_BYTES = 8 * 1024 * 1024
+    #: repeat-path bytes, or segments, between checks that it still pays
+    CHECK_BYTES = 8 * 1024 * 1024
+    CHECK_SEGMENTS = 4096
+    #: plain blocks to wait before trying another anchor
+    RETRY_BLOCKS = 64
+    #: at most this many anchor lines (each costs a find() on a misprediction)
+    MAX_ANCHORS = 8
+    #: a misprediction first tries the remembered segments that start with the
+    #: same PREFIX bytes, most recently used first
+    PREFIX = 128
 
     def __init__(self) -> None:
         self.result = ReadResult()
-        self.seen: set[bytes] = set()
+        #: distinct line -> first line number, in first-seen order
+        self.first: dict[bytes, int] = {}
+        #: distinct lines that parse: a block of only these needs no more work
+        self.valid: set[bytes] = set()
         self.rejected: dict[bytes, RejectedLine] = {}
+        self.lines = 0
+        # the repeat path
+        #: '\n' + anchor line + '\n' for each anchor: segments start at anchor lines
+        self.needles: list[bytes] = []
+        self.segments: dict[bytes, _Segment] = {}
+        #: first PREFIX bytes -> remembered segments starting so, newest first
+        self.starts: dict[bytes, list[_Segment]] = {}
+        self.cached = 0
+        self.prev: Optional[_Segment] = None
+        self.retry = 0
+        self.drops = 0
+        #: bytes accounted for by remembered segments (not split): a diagnostic
+        self.repeat_bytes = 0
+        self.seg_count = 0
+        self.seg_bytes = 0
+        self.seg_new = 0
 
-    def feed(self, lines: list[bytes]) -> None:
-        """Take a block of complete lines (no '\\n'), in file order."""
+    # -- finding lines ------------------------------------------------------
+    def discover(self, line: bytes, lineno: int, terminated: bool = True) -> None:
+        """``line`` first occurs at ``lineno``: parse it and place it."""
+        self.first[line] = lineno
         result = self.result
-        base = result.lines  # lines before this block
-        result.lines += len(lines)
+        if result.mountd_stops_at_line is None and stops_mountd(line, terminated=terminated):
+            result.mountd_stops_at_line = lineno
+        parsed = parse_line(line)
+        if isinstance(parsed, Rejected):
+            rej = RejectedLine(parsed.line, parsed.reason, lineno, 0)
+            self.rejected[line] = rej
+            result.rejected.append(rej)
+        else:
+            self.valid.add(line)
+            result.table.add(parsed)
+
+    def feed(self, lines: list[bytes]) -> Optional[dict[bytes, int]]:
+        """Take whole lines (no '\\n') in file order; return rejected occurrences in them."""
+        base = self.lines
+        self.lines += len(lines)
+        if self.valid.issuperset(lines):
+            return None
         block = set(lines)
-        new = block - self.seen
+        first = self.first
+        new = block.difference(first)
         if new:
-            self.seen |= new
-            self._parse_new(lines, new, base)
+            if len(new) <= 16:
+                where = {line: lines.index(line) for line in new}
+            else:  # first index of each line: later (lower) indices overwrite
+                where = dict(zip(reversed(lines), range(len(lines) - 1, -1, -1)))
+            for line in sorted(new, key=where.__getitem__):
+                self.discover(line, base + where[line] + 1)
         rejected = self.rejected
-        if rejected:
-            present = block.intersection(rejected)
-            present.difference_update(new)  # first occurrences already counted
-            self._count_repeats(lines, present)
-
-    def _parse_new(self, lines: list[bytes], new: set[bytes], base: int) -> None:
-        result = self.result
-        if len(new) <= 16:
-            first = {line: lines.index(line) for line in new}
-        else:
-            # first index of each line: later (lower) indices overwrite.
-            first = dict(zip(reversed(lines), range(len(lines) - 1, -1, -1)))
-        table = result.table
-        for line in sorted(new, key=first.__getitem__):
-            lineno = base + first[line] + 1
-            if result.mountd_stops_at_line is None and stops_mountd(line):
-                result.mountd_stops_at_line = lineno
-            parsed = parse_line(line)
-            if isinstance(parsed, Rejected):
-                occurrences = lines.count(line) if len(new) <= self._COUNT_PASS else 0
-                rej = RejectedLine(parsed.line, parsed.reason, lineno, occurrences)
-                self.rejected[line] = rej
-                result.rejected.append(rej)
-            else:
-                table.add(parsed)
-        if len(new) > self._COUNT_PASS:
-            rejected = self.rejected
-            for line in lines:
-                rej = rejected.get(line)
-                if rej is not None and line in new:
-                    rej.occurrences += 1
-        result.distinct_lines = len(self.seen)
-
-    def _count_repeats(self, lines: list[bytes], present: set[bytes]) -> None:
+        present = block.intersection(rejected)
         if not present:
-            return
-        rejected = self.rejected
-        if len(present) <= self._COUNT_PASS:
-            for line in present:
-                rejected[line].occurrences += lines.count(line)
+            return None
+        if len(present) <= 8:
+            counts = {line: lines.count(line) for line in present}
         else:
+            counts = dict.fromkeys(present, 0)
             for line in lines:
-                if line in present:
-                    rejected[line].occurrences += 1
+                if line in counts:
+                    counts[line] += 1
+        for line, count in counts.items():
+            rejected[line].occurrences += count
+        return counts
+
+    def feed_last(self, line: bytes) -> None:
+        """The source ends in ``line`` without its '\\n'."""
+        self.lines += 1
+        self.result.missing_final_newline = True
+        if line not in self.first:
+            self.discover(line, self.lines, terminated=False)
+        rej = self.rejected.get(line)
+        if rej is not None:
+            rej.occurrences += 1
+
+    # -- the stream ----------------------------------------------------------
+    def consume(self, read: Read, chunk_size: int) -> int:
+        """Read everything ``read`` gives; return the byte count."""
+        total = 0
+        pending = b""  # unprocessed bytes from a line start on
+        parts: list[bytes] = []  # chunks of a line whose '\n' has not come yet
+        while True:
+            chunk = read(chunk_size)
+            if not chunk:
+                break
+            total += len(chunk)
+            if b"\n" not in chunk:
+                parts.append(chunk)
+                continue
+            if parts:
+                buf = b"".join([pending, *parts, chunk])
+                parts = []
+            else:
+                buf = pending + chunk if pending else chunk
+            pending = self.process(buf, final=False)
+        if parts:
+            pending = b"".join([pending, *parts])
+        if pending:
+            pending = self.process(pending, final=True)
+        if pending:
+            self.feed_last(pending)
+        return total
+
+    def process(self, buf: bytes, *, final: bool) -> bytes:
+        """Take the whole lines at the start of ``buf``; return what is left."""
+        if self.needles:
+            pos = self._repeats(buf, final)
+            if pos:
+                return buf[pos:]
+            if self.needles:
+                return buf
+        lines = buf.split(b"\n")
+        rest = lines.pop()
+        if not lines:
+            return rest
+        known = len(self.first)
+        self.feed(lines)
+        if not self.needles and len(lines) >= self.SAMPLE_LINES:
+            if self.retry:
+                self.retry -= 1
+            elif (len(self.first) - known) * 2 < len(lines):  # mostly repeats
+                self._choose_anchor(lines, len(buf) - len(rest))
+        return rest
+
+    def _choose_anchor(self, lines: list[bytes], size: int) -> None:
+        """Add as an anchor the line that recurs about every SEGMENT_TARGET bytes in ``lines``.
+
+        A restore appends one export's lines after another's, so a line of one
+        export may be absent for megabytes: a stretch with no anchor adds one.
+        """
+        counts = Counter(lines)
+        want = max(size / self.SEGMENT_TARGET, 2.0)
+        best, best_count = b"", 0
+        for line, count in counts.items():
+            if count >= 2 and abs(count - want) < abs(best_count - want):
+                best, best_count = line, count
+        if best_count < 2 or size / best_count < self.SEGMENT_MIN:
+            if not self.needles:
+                self.retry = self.RETRY_BLOCKS
+            return
+        needle = b"\n" + best + b"\n"
+        if needle not in self.needles:
+            self.needles.append(needle)
+
+    def _drop_anchors(self) -> None:
+        """The repeat path did not pay: plain for a while (longer each time)."""
+        self.needles = []
+        self.prev = None
+        self.drops += 1
+        self.retry = self.RETRY_BLOCKS << min(self.drops, 10)
+
+    def _repeats(self, buf: bytes, final: bool) -> int:
+        """Take ``buf`` segment by segment; return where it stopped (a line start)."""
+        needles = self.needles
+        end = buf.rfind(b"\n") + 1
+        pos = 0
+        prev = self.prev
+        count = nbytes = 0
+        new_before = self.seg_new
+        startswith = buf.startswith
+        find = buf.find
+        starts = self.starts
+        prefix = self.PREFIX
+        wait = self.SEGMENT_WAIT
+        while pos < end:
+            seg = prev.next if prev is not None else None
+            if seg is not None and startswith(seg.data, pos):
+                # predicted and confirmed in place: the bulk of a doubled file
+                self.lines += seg.lines
+                for rej, occurrences in seg.rejected:
+                    rej.occurrences += occurrences
+            else:
+                if (
+                    seg is not None
+                    and not final
+                    and len(buf) - pos < len(seg.data)
+                    and startswith(seg.data[: len(buf) - pos], pos)
+                ):
+                    break  # the prediction may hold: wait for the rest
+                seg = None
+                same = starts.get(buf[pos : pos + prefix])
+                if same is not None:
+                    for i, known in enumerate(same):
+                        if startswith(known.data, pos):
+                            seg = known
+                            if i:  # move to front: the likeliest next time
+                                same.insert(0, same.pop(i))
+                            break
+                if seg is not None:
+                    self.lines += seg.lines
+                    for rej, occurrences in seg.rejected:
+                        rej.occurrences += occurrences
+                    if prev is not None:
+                        prev.next = seg
+                    prev = seg
+                    pos += len(seg.data)
+                    count += 1
+                    nbytes += len(seg.data)
+                    continue
+                # the next anchor line: the earliest match of any needle
+                limit = min(end, pos + wait)
+                cut = limit
+                for needle in needles:
+                    found = find(needle, pos, min(limit, cut - 2 + len(needle)))
+                    if found >= 0:
+                        cut = found + 1
+                if cut == limit:
+                    if not final and end - pos < wait:
+                        break  # the next anchor may be in the next chunk
+                    # no anchor in sight: plain, the prediction is lost, and a
+                    # line of this stretch becomes an anchor too
+                    stop = buf.rfind(b"\n", pos, limit) + 1 if limit < end else end
+                    if stop <= pos:  # one line longer than the window
+                        stop = buf.find(b"\n", limit - 1) + 1
+                    lines = buf[pos:stop].split(b"\n")
+                    lines.pop()
+                    self.feed(lines)
+                    if len(needles) < self.MAX_ANCHORS and len(lines) >= self.SAMPLE_LINES:
+                        self._choose_anchor(lines, stop - pos)
+                    self.seg_new += stop - pos
+                    nbytes += stop - pos
+                    pos = stop
+                    prev = None
+                    continue
+                seg = self._segment(buf[pos:cut])
+                if prev is not None:
+                    prev.next = seg
+            prev = seg
+            pos += len(seg.data)
+            count += 1
+            nbytes += len(seg.data)
+        self.prev = prev
+        self.seg_count += count
+        self.seg_bytes += nbytes
+        self.repeat_bytes += nbytes - (self.seg_new - new_before)
+        if self.seg_bytes >= self.CHECK_BYTES or self.seg_count >= self.CHECK_SEGMENTS:
+            too_small = self.seg_bytes < self.SEGMENT_MIN * self.seg_count
+            mostly_new = self.seg_new * 4 > self.seg_bytes * 3
+            if too_small or mostly_new:
+                self._drop_anchors()
+            self.seg_count = self.seg_bytes = self.seg_new = 0
+        return pos
+
+    def _segment(self, data: bytes) -> _Segment:
+        """The segment ``data`` (whole lines), its figures added to the totals."""
+        seg = self.segments.get(data)
+        if seg is not None:
+            self.lines += seg.lines
+            for rej, occurrences in seg.rejected:
+                rej.occurrences += occurrences
+            return seg
+        lines = data.split(b"\n")
+        lines.pop()
+        counts = self.feed(lines)
+        rejected = self.rejected
+        found = tuple((rejected[k], v) for k, v in counts.items()) if counts else ()
+        seg = _Segment(data, len(lines), found)
+        if len(data) <= self.SEGMENT_WAIT and self.cached + len(data) <= self.CACHE_BYTES:
+            self.segments[data] = seg
+            self.cached += len(data)
+            if len(data) >= self.PREFIX:
+                self.starts.setdefault(data[: self.PREFIX], []).insert(0, seg)
+        self.seg_new += len(data)
+        return seg
+
+    def partial(self, nbytes: int) -> _Partial:
+        return _Partial(
+            lines=self.lines,
+            first=self.first,
+            rejected={line: rej.occurrences for line, rej in self.rejected.items()},
+            bytes_read=nbytes,
+            missing_final_newline=self.result.missing_final_newline,
+        )
+
+    def finish(self, nbytes: int) -> ReadResult:
+        result = self.result
+        result.lines = self.lines
+        result.distinct_lines = len(self.first)
+        result.bytes_read = nbytes
+        return result
+
+
+class _Partial:
+    """What a worker found in its byte range (picklable, small for bloated files)."""
+
+    __slots__ = ("bytes_read", "first", "lines", "missing_final_newline", "rejected")
+
+    def __init__(
+        self,
+        *,
+        lines: int,
+        first: dict[bytes, int],
+        rejected: dict[bytes, int],
+        bytes_read: int,
+        missing_final_newline: bool,
+    ) -> None:
+        self.lines = lines
+        #: distinct line -> first line number in the range, in first-seen order
+        self.first = first
+        #: rejected line -> occurrences in the range
+        self.rejected = rejected
+        self.bytes_read = bytes_read
+        self.missing_final_newline = missing_final_newline
+
+    def __getstate__(self) -> tuple[int, dict[bytes, int], dict[bytes, int], int, bool]:
+        return (
+            self.lines,
+            self.first,
+            self.rejected,
+            self.bytes_read,
+            self.missing_final_newline,
+        )
+
+    def __setstate__(
+        self, state: tuple[int, dict[bytes, int], dict[bytes, int], int, bool]
+    ) -> None:
+        (
+            self.lines,
+            self.first,
+            self.rejected,
+            self.bytes_read,
+            self.missing_final_newline,
+        ) = state
+
+
+def _merge(partials: Iterable[_Partial]) -> ReadResult:
+    """The ReadResult of the ranges read one after the other, in order."""
+    reader = _Reader()
+    nbytes = 0
+    for part in partials:
+        base = reader.lines
+        last = part.lines if part.missing_final_newline else -1
+        known = reader.first
+        for line, lineno in part.first.items():
+            if line not in known:
+                reader.discover(line, base + lineno, terminated=lineno != last)
+        rejected = reader.rejected
+        for line, occurrences in part.rejected.items():
+            rejected[line].occurrences += occurrences
+        reader.lines += part.lines
+        nbytes += part.bytes_read
+        if part.missing_final_newline:
+            reader.result.missing_final_newline = True
+    return reader.finish(nbytes)
 
 
 def _open(source: Source) -> tuple[BinaryIO, bool]:
     if isinstance(source, (str, bytes, os.PathLike)):
-        return open(source, "rb", buffering=0), True  # noqa: SIM115  # closed by caller
+        return open(source, "rb", buffering=0), True  # closed by caller
     return source, False
 
 
@@ -343,31 +694,170 @@ def iter_blocks(stream: BinaryIO, chunk_size: int = CHUNK_SIZE) -> Iterator[tupl
         yield b"".join(carry), False
 
 
-def read_table(source: Source, *, chunk_size: int = CHUNK_SIZE) -> ReadResult:
+# ---------------------------------------------------------------- parallel reading
+
+#: Below this size a file is read by one process: forking and merging cost more
+#: than they save. Measured (docs/performance.md).
+PARALLEL_THRESHOLD = 64 * 1024 * 1024
+
+
+def _cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1
+
+
+def auto_jobs(size_bytes: int) -> int:
+    """How many processes :func:`read_table` should use for a file of this size.
+
+    One below :data:`PARALLEL_THRESHOLD`; above it one per usable CPU, but no
+    more than one per threshold's worth of bytes.
+    """
+    if size_bytes < PARALLEL_THRESHOLD:
+        return 1
+    return max(1, min(_cpus(), size_bytes // PARALLEL_THRESHOLD))
+
+
+def _range_reader(fd: int, start: int, stop: int) -> Read:
+    offset = start
+
+    def read(n: int) -> bytes:
+        nonlocal offset
+        n = min(n, stop - offset)
+        if n <= 0:
+            return b""
+        data = os.pread(fd, n, offset)
+        offset += len(data)
+        return data
+
+    return read
+
+
+def _read_range(fd: int, start: int, stop: int, chunk_size: int) -> _Partial:
+    reader = _Reader()
+    nbytes = reader.consume(_range_reader(fd, start, stop), chunk_size)
+    return reader.partial(nbytes)
+
+
+def _line_start_at_or_after(fd: int, offset: int, stop: int) -> int:
+    """The first line start at or after ``offset`` (``stop`` if there is none)."""
+    if offset <= 0:
+        return 0
+    pos = offset - 1  # a line starts at ``offset`` if the byte before it is '\n'
+    while pos < stop:
+        window = os.pread(fd, min(64 * 1024, stop - pos), pos)
+        if not window:
+            break
+        cut = window.find(b"\n")
+        if cut >= 0:
+            return min(pos + cut + 1, stop)
+        pos += len(window)
+    return stop
+
+
+def _split(fd: int, start: int, stop: int, jobs: int) -> list[tuple[int, int]]:
+    """``jobs`` ranges of whole lines covering [start, stop), in order (some may be empty)."""
+    cuts = [start]
+    for i in range(1, jobs):
+        cut = _line_start_at_or_after(fd, start + (stop - start) * i // jobs, stop)
+        cuts.append(max(cut, cuts[-1]))
+    cuts.append(stop)
+    return list(zip(cuts, cuts[1:]))
+
+
+def _worker(conn: Connection, fd: int, start: int, stop: int, chunk_size: int) -> None:
+    try:
+        conn.send((True, _read_range(fd, start, stop, chunk_size)))
+    except BaseException as exc:  # handed to the parent, which raises it
+        conn.send((False, exc))
+    finally:
+        conn.close()
+
+
+def _read_parallel(fd: int, start: int, stop: int, jobs: int, chunk_size: int) -> ReadResult:
+    """Read [start, stop) of ``fd`` in ``jobs`` processes: this one and jobs - 1 forks."""
+    ranges = _split(fd, start, stop, jobs)
+    ctx = multiprocessing.get_context("fork")
+    children: list[tuple[BaseProcess, Connection]] = []
+    try:
+        for lo, hi in ranges[1:]:
+            receiver, sender = ctx.Pipe(duplex=False)
+            proc = ctx.Process(target=_worker, args=(sender, fd, lo, hi, chunk_size), daemon=True)
+            proc.start()
+            sender.close()
+            children.append((proc, receiver))
+        partials = [_read_range(fd, ranges[0][0], ranges[0][1], chunk_size)]
+        for child, receiver in children:
+            try:
+                ok, payload = receiver.recv()
+            except EOFError:
+                child.join()
+                raise OSError(
+                    f"reader process {child.pid} died (exit code {child.exitcode})"
+                ) from None
+            if not ok:
+                raise payload
+            partials.append(payload)
+        return _merge(partials)
+    finally:
+        for child, receiver in children:
+            receiver.close()
+            if child.is_alive():
+                child.terminate()
+            child.join()
+
+
+def _can_fork() -> bool:
+    return "fork" in multiprocessing.get_all_start_methods()
+
+
+def read_table(source: Source, *, chunk_size: int = CHUNK_SIZE, jobs: int = 1) -> ReadResult:
     """Read an rmtab (a path, or a binary file object) into a :class:`ReadResult`.
 
     Streams in ``chunk_size`` reads; memory grows with the number of distinct
     lines, not with the file size. Raises OSError for I/O problems only; bad lines
     end up in ``result.rejected`` with their original bytes.
+
+    ``jobs`` > 1 splits a regular file at line starts across that many processes
+    (this one and forked workers) and merges their findings in file order: the
+    result is identical to ``jobs=1``. ``jobs=0`` picks :func:`auto_jobs` for the
+    file's size. Pipes, non-regular files and systems without ``fork`` are read
+    by one process. A file object is read from its current position to the end
+    of the file as it was when reading started.
     """
+    if jobs < 0:
+        raise ValueError(f"jobs must be >= 0, not {jobs}")
     stream, owned = _open(source)
-    reader = _Reader()
     try:
-        total = 0
-        for data, complete in iter_blocks(stream, chunk_size):
-            total += len(data)
-            if complete:
-                lines = data.split(b"\n")
-                lines.pop()  # the empty string after the final '\n'
-            else:
-                lines = data.split(b"\n")
-                reader.result.missing_final_newline = True
-            reader.feed(lines)
-        reader.result.bytes_read = total
+        if jobs != 1 and _can_fork():
+            span = _regular_span(stream)
+            if span is not None:
+                fd, start, stop = span
+                n = auto_jobs(stop - start) if jobs == 0 else jobs
+                if n > 1 and stop - start >= n:
+                    result = _read_parallel(fd, start, stop, n, chunk_size)
+                    stream.seek(stop)
+                    return result
+        reader = _Reader()
+        nbytes = reader.consume(stream.read, chunk_size)
+        return reader.finish(nbytes)
     finally:
         if owned:
             stream.close()
-    return reader.result
+
+
+def _regular_span(stream: BinaryIO) -> Optional[tuple[int, int, int]]:
+    """(fd, position, size) when ``stream`` is a seekable regular file, else None."""
+    try:
+        fd = stream.fileno()
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            return None
+        position = stream.tell()
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+        return None
+    return fd, position, max(info.st_size, position)
 
 
 def read_bytes(data: bytes) -> ReadResult:
