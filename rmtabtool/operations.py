@@ -553,7 +553,10 @@ def merge(
         # `merge A F -o F` is `merge A --into F`: F's own rejected lines must go to
         # F.rejects, not vanish with the rewrite.
         into, output = output, None
-        sources = [s for s in sources if not _same_file(into, s)] or [into]
+    if into is not None:
+        # the --into file is read once, as the file being rewritten, not also as a source
+        target = into
+        sources = [s for s in sources if not _same_file(target, s)]
     read = [(os.fspath(s), _read_source(s, live, stdin=stdin, jobs=jobs)) for s in sources]
     _strict_check(strict, read)
     incoming = Table()
