@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import json
 import os
 import resource
 import select
@@ -48,10 +49,11 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, Optional
+from typing import IO, Any, Optional
 
 import pytest
 
@@ -141,10 +143,22 @@ class Mountd:
 
     # -- for tests ----------------------------------------------------------------
 
-    def client(self, *, privileged: bool = False, version: int = 3) -> MountClient:
-        """A MOUNT client connected from the namespace's 127.0.0.1 (close it, or use ``with``)."""
+    def client(
+        self, *, privileged: bool = False, version: int = 3, source: Optional[str] = None
+    ) -> MountClient:
+        """A MOUNT client connected from the namespace's 127.0.0.1 (close it, or use ``with``).
+
+        ``source``: another loopback address to connect from (``127.0.0.2``, ...,
+        or ``::1``, then to mountd's ``::1``): mountd sees a different client.
+        """
+        server = "::1" if source is not None and ":" in source else "127.0.0.1"
         return MountClient(
-            "127.0.0.1", self.port, version=version, privileged=privileged, netns=self.netns
+            server,
+            self.port,
+            version=version,
+            privileged=privileged,
+            netns=self.netns,
+            source=source,
         )
 
     def dump(self) -> list[tuple[bytes, bytes]]:
@@ -152,9 +166,9 @@ class Mountd:
         with self.client() as c:
             return c.dump()
 
-    def umnt(self, path: bytes) -> None:
-        """One UMNT of ``path`` by client ``127.0.0.1``."""
-        with self.client() as c:
+    def umnt(self, path: bytes, *, source: Optional[str] = None) -> None:
+        """One UMNT of ``path`` by client ``127.0.0.1`` (or by ``source``, see client())."""
+        with self.client(source=source) as c:
             c.umnt(path)
 
     def write_rmtab(self, data: bytes) -> None:
@@ -479,3 +493,39 @@ def mountd(tmp_path: Path) -> Iterator[Mountd]:
 def mountd_mnt(tmp_path: Path) -> Iterator[Mountd]:
     """Like ``mountd``, plus the /proc shim so that MNT succeeds and writes rmtab."""
     yield from _run_mountd(tmp_path, mnt_shim=True)
+
+
+# -- the installed rmtabtool command ------------------------------------------------
+
+
+def rmtabtool_command() -> list[str]:
+    """argv of the INSTALLED ``rmtabtool`` console script (the one beside this Python)."""
+    beside = Path(sys.executable).with_name("rmtabtool")
+    if beside.exists():
+        return [str(beside)]
+    found = shutil.which("rmtabtool")
+    if found is None:
+        pytest.fail("the rmtabtool command is not installed (pip install -e .)", pytrace=False)
+    return [found]
+
+
+def rmtabtool_env() -> dict[str, str]:
+    """The environment for rmtabtool runs: no colour, no escape codes, no RMTABTOOL_RMTAB."""
+    env = {k: v for k, v in os.environ.items() if k != "RMTABTOOL_RMTAB"}
+    env.update(TERM="dumb", NO_COLOR="1")
+    return env
+
+
+def run_rmtabtool(*args: str, timeout: float = 60.0) -> dict[str, Any]:
+    """Run ``rmtabtool ARGS --json``; it must exit 0. Returns its one JSON object."""
+    argv = [*rmtabtool_command(), *args, "--json"]
+    proc = subprocess.run(
+        argv, capture_output=True, timeout=timeout, env=rmtabtool_env(), check=False
+    )
+    if proc.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(argv)} exited {proc.returncode}:\n{proc.stderr.decode(errors='replace')}"
+        )
+    result = json.loads(proc.stdout)
+    assert isinstance(result, dict), proc.stdout
+    return result

@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import json
 import os
 import random
 import socket
 import struct
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -43,6 +45,7 @@ __all__ = [
     "getport",
     "in_netns",
     "open_tcp",
+    "paced_calls",
 ]
 
 MOUNT_PROGRAM = 100005
@@ -225,11 +228,15 @@ def open_tcp(
     privileged: bool = False,
     timeout: float = 5.0,
     netns: Optional[str] = None,
+    source: Optional[str] = None,
 ) -> socket.socket:
     """A connected TCP socket to (host, port), optionally from a privileged port.
 
     ``privileged`` binds a source port below 1024 the way bindresvport(3) does
     (needs root): mountd refuses other ports unless the export says ``insecure``.
+    ``source`` binds the source ADDRESS (e.g. ``127.0.0.2``; same family as
+    ``host``): mountd takes the client's identity from it, so one loopback can
+    play several NFS clients.
     """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with in_netns(netns):
@@ -237,7 +244,9 @@ def open_tcp(
     try:
         sock.settimeout(timeout)
         if privileged:
-            _bind_reserved(sock, "::" if family == socket.AF_INET6 else "0.0.0.0")
+            _bind_reserved(sock, source or ("::" if family == socket.AF_INET6 else "0.0.0.0"))
+        elif source is not None:
+            sock.bind((source, 0))
         sock.connect((host, port))
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     except BaseException:
@@ -289,6 +298,7 @@ class MountClient:
         gid: int = 0,
         gids: Optional[list[int]] = None,
         machinename: bytes = b"rmtabtool-interop",
+        source: Optional[str] = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -296,7 +306,9 @@ class MountClient:
         self.program = program
         self._cred = _auth_unix(machinename, uid, gid, list(gids or []))
         self._xid = random.getrandbits(32)
-        self._sock = open_tcp(host, port, privileged=privileged, timeout=timeout, netns=netns)
+        self._sock = open_tcp(
+            host, port, privileged=privileged, timeout=timeout, netns=netns, source=source
+        )
 
     # -- plumbing ---------------------------------------------------------------
 
@@ -434,3 +446,64 @@ def getport(
     ) as pmap:
         args = XdrWriter().uint(program).uint(version).uint(protocol).uint(0).getvalue()
         return pmap.call(3, args).uint()  # PMAPPROC_GETPORT
+
+
+def paced_calls(spec: dict[str, object]) -> dict[str, object]:
+    """Play one NFS client: MOUNT calls at a steady pace, each timed (a load generator).
+
+    ``spec`` (JSON-able): ``host``, ``port``, ``netns``, ``source`` (the client's
+    address), ``calls`` (``[["umnt" | "mnt" | "dump", path as hex], ...]``, made in
+    that order), ``start_at`` and ``deadline`` (``time.time()`` values), ``spacing``
+    (seconds between call starts, jittered +-50 %), ``timeout`` (per call).
+
+    One connection per call, as mount.nfs and umount.nfs do; the time recorded is
+    the RPC round trip only (connect excluded): how long mountd took to answer.
+    Returns ``{"calls": [[name, wall-clock start, seconds], ...], "errors": [...]}``;
+    calls not started by ``deadline`` are reported as errors.
+    """
+    host = str(spec["host"])
+    port = int(str(spec["port"]))
+    netns = str(spec["netns"])
+    source = str(spec["source"])
+    calls = spec["calls"]
+    assert isinstance(calls, list)
+    start_at = float(str(spec["start_at"]))
+    deadline = float(str(spec["deadline"]))
+    spacing = float(str(spec["spacing"]))
+    timeout = float(str(spec.get("timeout", 5.0)))
+    jitter = random.Random(source)
+    done: list[list[object]] = []
+    errors: list[str] = []
+    next_at = start_at
+    for index, (name, path_hex) in enumerate(calls):
+        delay = next_at - time.time()
+        if delay > 0:
+            time.sleep(delay)
+        next_at += spacing * (0.5 + jitter.random())
+        if time.time() > deadline:
+            errors.append(f"{source}: {len(calls) - index} calls not made before the deadline")
+            break
+        path = bytes.fromhex(path_hex)
+        try:
+            with MountClient(host, port, netns=netns, source=source, timeout=timeout) as client:
+                began = time.time()
+                t0 = time.perf_counter()
+                if name == "umnt":
+                    client.umnt(path)
+                elif name == "mnt":
+                    status = client.mnt(path).status
+                    if status != MNT3_OK:
+                        errors.append(f"{source}: MNT {path!r} answered {status}")
+                elif name == "dump":
+                    client.dump()
+                else:
+                    raise ValueError(f"unknown call {name!r}")
+                done.append([name, began, time.perf_counter() - t0])
+        except (OSError, RpcError) as exc:
+            errors.append(f"{source}: {name} {path!r}: {exc!r}")
+    return {"calls": done, "errors": errors}
+
+
+if __name__ == "__main__":
+    # python mountproto.py SPEC-JSON: paced_calls() in a process of its own
+    sys.stdout.write(json.dumps(paced_calls(json.loads(sys.argv[1]))))
