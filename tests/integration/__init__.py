@@ -1,0 +1,1 @@
+"""Integration tests with real cluster software (the ocf:heartbeat:exportfs agent)."""
