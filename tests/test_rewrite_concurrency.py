@@ -134,7 +134,7 @@ class Workers:
 @pytest.mark.parametrize("gap", [0.0, 0.003], ids=["plain", "late-tail"])
 def test_mountd_writers_and_a_rewrite_loop_lose_nothing(statedir: Path, gap: float) -> None:
     rmtab = statedir / "rmtab"
-    rounds = 25
+    rounds = 15
     workers = Workers(statedir, 3, gap=gap)
     try:
         for i in range(1, rounds + 1):
@@ -159,7 +159,7 @@ def test_mountd_writers_and_a_rewrite_loop_lose_nothing(statedir: Path, gap: flo
 @pytest.mark.slow
 def test_two_rewriters_and_mountd_writers_lose_nothing(statedir: Path) -> None:
     rmtab = statedir / "rmtab"
-    rounds = 15
+    rounds = 10
     workers = Workers(statedir, 2, gap=0.001)
     try:
         rewriters = []
