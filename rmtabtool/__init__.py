@@ -20,6 +20,17 @@ from .entry import (
     stops_mountd,
 )
 from .errors import RmtabError
+from .locking import MountdLock, ToolLock
+from .safefile import (
+    AtomicWriter,
+    FileState,
+    RewriteReport,
+    SignalReceived,
+    is_same_file,
+    read_snapshot,
+    resolve_target,
+    rewrite_file,
+)
 from .table import ReadResult, RejectedLine, Table, path_in_export, read_bytes, read_table
 
 __version__ = "0.1.0.dev0"
@@ -29,19 +40,29 @@ __all__ = [
     "MAX_COUNT",
     "MAX_LINE",
     "MAX_PATH",
+    "AtomicWriter",
     "Entry",
+    "FileState",
+    "MountdLock",
     "ReadResult",
     "Reason",
     "Rejected",
     "RejectedLine",
+    "RewriteReport",
     "RmtabError",
+    "SignalReceived",
     "Table",
+    "ToolLock",
     "__version__",
     "format_entry",
+    "is_same_file",
     "parse_count",
     "parse_line",
     "path_in_export",
     "read_bytes",
+    "read_snapshot",
     "read_table",
+    "resolve_target",
+    "rewrite_file",
     "stops_mountd",
 ]

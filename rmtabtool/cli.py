@@ -195,9 +195,12 @@ def _guard(fn: Callable[[], None], *, as_json: bool) -> None:
         raise
     except errors.RmtabError as exc:
         _fail(str(exc), exc.exit_code, as_json=as_json)
-    except KeyboardInterrupt:
-        sys.stderr.write("rmtabtool: interrupted\n")
-        raise typer.Exit(130) from None
+    except KeyboardInterrupt as exc:
+        # SIGINT, or SIGTERM/SIGHUP turned into SignalReceived by safefile after
+        # it removed its temp file: the target is untouched. Exit like the shell.
+        signum = getattr(exc, "signum", 2)
+        sys.stderr.write(f"rmtabtool: interrupted by signal {signum}; nothing was changed\n")
+        raise typer.Exit(128 + signum) from None
     except BrokenPipeError:
         # the reader of our stdout went away (e.g. `| head`): not our failure
         _silence_stdout()
