@@ -639,6 +639,8 @@ def backup(
     result = _write_output("backup", dest, selected, live, dry_run=dry_run)
     result.lines_in = snapshot.lines
     result.entries_out = len(selected)
+    # duplicate lines of the live rmtab: none of them reaches the backup
+    result.duplicates_removed = snapshot.duplicate_lines
     result.ignored_outside_export = len(snapshot.table) - len(selected)
     result.rejected_lines = list(snapshot.rejected)
     result.rejected = snapshot.rejected_lines

@@ -525,3 +525,17 @@ def test_stats_prometheus_to_stdout_is_only_metrics(live: Path) -> None:
     for line in res.stdout.splitlines():
         assert line.startswith(("# HELP ", "# TYPE ", "rmtabtool_"))
     assert run("stats", "--json", "--prometheus", "-", str(live)).code == 2
+
+
+def test_backup_counts_the_duplicates_it_collapsed(tmp_path: Path, export: Path) -> None:
+    e = os.fsencode(export)
+    rmtab = _rmtab_with(
+        tmp_path,
+        b"10.0.0.1:" + e + b":0x00000001\n"
+        b"10.0.0.1:" + e + b":0x00000002\n"
+        b"10.0.0.2:" + e + b"/sub:0x00000001\n"
+        b"10.0.0.3:/elsewhere:0x00000001\n",
+    )
+    data = run("backup", str(export), "--rmtab", str(rmtab), "--json").json()
+    assert (data["lines_in"], data["entries_out"], data["duplicates_removed"]) == (4, 2, 1)
+    assert data["ignored_outside_export"] == 1
