@@ -481,7 +481,7 @@ def _materialise(node: Node) -> Iterator[bytes]:
 #: blocks up to this size are joined once and then written as one piece
 _CACHE_NODE = 1024 * 1024
 #: total bytes kept in joined blocks: the generator's memory bound
-_CACHE_BUDGET = 64 * 1024 * 1024
+_CACHE_BUDGET = 16 * 1024 * 1024
 
 
 def generate(out: BinaryIO, size: int, seed: int = 1) -> Simulation:
