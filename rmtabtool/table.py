@@ -8,9 +8,12 @@ commutative, associative and idempotent, so merging backups in any order, any
 number of times, gives the same table. Red Hat's clurmtabd did the same.
 
 :func:`read_table` turns a file of any size into a table plus the rejected
-lines, in memory proportional to the number of DISTINCT lines: binary chunks
+lines, in memory proportional to the number of DISTINCT lines. Binary chunks
 are split at line boundaries, byte-identical lines are collapsed with C-level
-set operations, and only lines never seen before are parsed.
+set operations, and only lines never seen before are parsed. On a file bloated
+by ``cat backup >> rmtab`` restores most chunks are not even split: runs of
+lines met before are recognised and checked in place (see ``_Reader``). A big
+regular file can be read by several processes (``jobs``), with the same result.
 """
 
 from __future__ import annotations
@@ -39,7 +42,8 @@ __all__ = [
 ]
 
 #: Read size. Measured on this project's machine: 256 KiB chunks beat 16-64 MiB
-#: ones by 1.3-2x (they stay in cache while split() and set() walk them).
+#: ones by 1.3-2x (they stay in cache while split() and set() walk them), and
+#: 512 KiB-1 MiB ones on the repeat path too (docs/performance.md).
 CHUNK_SIZE = 256 * 1024
 
 Key = tuple[bytes, bytes]
@@ -287,7 +291,7 @@ class _Reader:
     #: a plain block needs this many lines to choose an anchor from
     SAMPLE_LINES = 1000
     #: aimed-at segment size when choosing the anchor line
-    SEGMENT_TARGET = 16 * 1024
+    SEGMENT_TARGET = 64 * 1024
     #: average segment size below which the anchor is dropped (per-segment
     #: overhead would beat splitting)
     SEGMENT_MIN = 1024
@@ -306,7 +310,7 @@ class _Reader:
     #: same PREFIX bytes, most recently used first
     PREFIX = 128
 
-    def __init__(self) -> None:
+    def __init__(self, *, keep: bool = False) -> None:
         self.result = ReadResult()
         #: distinct line -> first line number, in first-seen order
         self.first: dict[bytes, int] = {}
@@ -314,6 +318,10 @@ class _Reader:
         self.valid: set[bytes] = set()
         self.rejected: dict[bytes, RejectedLine] = {}
         self.lines = 0
+        # a worker keeps its verdicts for the merge: the parent need not re-parse
+        self.keep = keep
+        self.entries: dict[bytes, tuple[bytes, bytes, int]] = {}
+        self.stopping: set[bytes] = set()
         # the repeat path
         #: '\n' + anchor line + '\n' for each anchor: segments start at anchor lines
         self.needles: list[bytes] = []
@@ -335,8 +343,13 @@ class _Reader:
         """``line`` first occurs at ``lineno``: parse it and place it."""
         self.first[line] = lineno
         result = self.result
-        if result.mountd_stops_at_line is None and stops_mountd(line, terminated=terminated):
-            result.mountd_stops_at_line = lineno
+        if (self.keep or result.mountd_stops_at_line is None) and stops_mountd(
+            line, terminated=terminated
+        ):
+            if result.mountd_stops_at_line is None:
+                result.mountd_stops_at_line = lineno
+            if self.keep:
+                self.stopping.add(line)
         parsed = parse_line(line)
         if isinstance(parsed, Rejected):
             rej = RejectedLine(parsed.line, parsed.reason, lineno, 0)
@@ -345,6 +358,23 @@ class _Reader:
         else:
             self.valid.add(line)
             result.table.add(parsed)
+            if self.keep:
+                self.entries[line] = (parsed.client, parsed.path, parsed.count)
+
+    def adopt(self, line: bytes, lineno: int, part: _Partial) -> None:
+        """Like :meth:`discover`, with the verdict a worker already reached."""
+        self.first[line] = lineno
+        result = self.result
+        if result.mountd_stops_at_line is None and line in part.stopping:
+            result.mountd_stops_at_line = lineno
+        entry = part.entries.get(line)
+        if entry is None:
+            rej = RejectedLine(line, part.reasons[line], lineno, 0)
+            self.rejected[line] = rej
+            result.rejected.append(rej)
+        else:
+            self.valid.add(line)
+            result.table.add(Entry._trusted(*entry))
 
     def feed(self, lines: list[bytes]) -> Optional[dict[bytes, int]]:
         """Take whole lines (no '\\n') in file order; return rejected occurrences in them."""
@@ -355,13 +385,18 @@ class _Reader:
         block = set(lines)
         first = self.first
         new = block.difference(first)
-        if new:
-            if len(new) <= 16:
-                where = {line: lines.index(line) for line in new}
-            else:  # first index of each line: later (lower) indices overwrite
-                where = dict(zip(reversed(lines), range(len(lines) - 1, -1, -1)))
+        if len(new) <= 16:
+            where = {line: lines.index(line) for line in new}
             for line in sorted(new, key=where.__getitem__):
                 self.discover(line, base + where[line] + 1)
+        else:  # many new lines (a file of distinct lines): one ordered pass
+            discover = self.discover
+            for number, line in enumerate(lines, base + 1):
+                if line in new:
+                    new.remove(line)
+                    discover(line, number)
+                    if not new:
+                        break
         rejected = self.rejected
         present = block.intersection(rejected)
         if not present:
@@ -582,6 +617,9 @@ class _Reader:
             lines=self.lines,
             first=self.first,
             rejected={line: rej.occurrences for line, rej in self.rejected.items()},
+            reasons={line: rej.reason for line, rej in self.rejected.items()},
+            entries=self.entries,
+            stopping=self.stopping,
             bytes_read=nbytes,
             missing_final_newline=self.result.missing_final_newline,
         )
@@ -597,7 +635,16 @@ class _Reader:
 class _Partial:
     """What a worker found in its byte range (picklable, small for bloated files)."""
 
-    __slots__ = ("bytes_read", "first", "lines", "missing_final_newline", "rejected")
+    __slots__ = (
+        "bytes_read",
+        "entries",
+        "first",
+        "lines",
+        "missing_final_newline",
+        "reasons",
+        "rejected",
+        "stopping",
+    )
 
     def __init__(
         self,
@@ -605,36 +652,31 @@ class _Partial:
         lines: int,
         first: dict[bytes, int],
         rejected: dict[bytes, int],
+        reasons: dict[bytes, Reason],
+        entries: dict[bytes, tuple[bytes, bytes, int]],
+        stopping: set[bytes],
         bytes_read: int,
         missing_final_newline: bool,
     ) -> None:
         self.lines = lines
         #: distinct line -> first line number in the range, in first-seen order
         self.first = first
-        #: rejected line -> occurrences in the range
+        #: rejected line -> occurrences in the range, and why it is rejected
         self.rejected = rejected
+        self.reasons = reasons
+        #: valid line -> its entry's (client, path, count)
+        self.entries = entries
+        #: the lines at which rpc.mountd's parser stops
+        self.stopping = stopping
         self.bytes_read = bytes_read
         self.missing_final_newline = missing_final_newline
 
-    def __getstate__(self) -> tuple[int, dict[bytes, int], dict[bytes, int], int, bool]:
-        return (
-            self.lines,
-            self.first,
-            self.rejected,
-            self.bytes_read,
-            self.missing_final_newline,
-        )
+    def __getstate__(self) -> tuple[object, ...]:
+        return tuple(getattr(self, name) for name in self.__slots__)
 
-    def __setstate__(
-        self, state: tuple[int, dict[bytes, int], dict[bytes, int], int, bool]
-    ) -> None:
-        (
-            self.lines,
-            self.first,
-            self.rejected,
-            self.bytes_read,
-            self.missing_final_newline,
-        ) = state
+    def __setstate__(self, state: tuple[object, ...]) -> None:
+        for name, value in zip(self.__slots__, state):
+            setattr(self, name, value)
 
 
 def _merge(partials: Iterable[_Partial]) -> ReadResult:
@@ -643,11 +685,10 @@ def _merge(partials: Iterable[_Partial]) -> ReadResult:
     nbytes = 0
     for part in partials:
         base = reader.lines
-        last = part.lines if part.missing_final_newline else -1
         known = reader.first
         for line, lineno in part.first.items():
             if line not in known:
-                reader.discover(line, base + lineno, terminated=lineno != last)
+                reader.adopt(line, base + lineno, part)
         rejected = reader.rejected
         for line, occurrences in part.rejected.items():
             rejected[line].occurrences += occurrences
@@ -697,8 +738,15 @@ def iter_blocks(stream: BinaryIO, chunk_size: int = CHUNK_SIZE) -> Iterator[tupl
 # ---------------------------------------------------------------- parallel reading
 
 #: Below this size a file is read by one process: forking and merging cost more
-#: than they save. Measured (docs/performance.md).
+#: than they save. Measured on seed-like files (docs/performance.md): with 2
+#: processes, 16 MiB is slower, 32 MiB breaks even, 64 MiB gains a little.
 PARALLEL_THRESHOLD = 64 * 1024 * 1024
+#: each further process needs this many more bytes to pay for itself
+PARALLEL_PER_JOB = 32 * 1024 * 1024
+#: auto mode reads this much of the file first; a file whose lines are mostly
+#: distinct there is read by one process (the merge of workers' distinct lines
+#: is serial and re-builds every entry: parallel does not pay)
+AUTO_SAMPLE = 1024 * 1024
 
 
 def _cpus() -> int:
@@ -712,11 +760,19 @@ def auto_jobs(size_bytes: int) -> int:
     """How many processes :func:`read_table` should use for a file of this size.
 
     One below :data:`PARALLEL_THRESHOLD`; above it one per usable CPU, but no
-    more than one per threshold's worth of bytes.
+    more than one per :data:`PARALLEL_PER_JOB` bytes.
     """
     if size_bytes < PARALLEL_THRESHOLD:
         return 1
-    return max(1, min(_cpus(), size_bytes // PARALLEL_THRESHOLD))
+    return max(1, min(_cpus(), size_bytes // PARALLEL_PER_JOB))
+
+
+def _mostly_distinct(fd: int, start: int, stop: int) -> bool:
+    """Are most lines in the first AUTO_SAMPLE bytes of [start, stop) different?"""
+    sample = os.pread(fd, min(AUTO_SAMPLE, stop - start), start)
+    lines = sample.split(b"\n")
+    lines.pop()  # maybe cut short
+    return len(set(lines)) * 2 > len(lines)
 
 
 def _range_reader(fd: int, start: int, stop: int) -> Read:
@@ -735,7 +791,7 @@ def _range_reader(fd: int, start: int, stop: int) -> Read:
 
 
 def _read_range(fd: int, start: int, stop: int, chunk_size: int) -> _Partial:
-    reader = _Reader()
+    reader = _Reader(keep=True)
     nbytes = reader.consume(_range_reader(fd, start, stop), chunk_size)
     return reader.partial(nbytes)
 
@@ -822,9 +878,11 @@ def read_table(source: Source, *, chunk_size: int = CHUNK_SIZE, jobs: int = 1) -
     ``jobs`` > 1 splits a regular file at line starts across that many processes
     (this one and forked workers) and merges their findings in file order: the
     result is identical to ``jobs=1``. ``jobs=0`` picks :func:`auto_jobs` for the
-    file's size. Pipes, non-regular files and systems without ``fork`` are read
-    by one process. A file object is read from its current position to the end
-    of the file as it was when reading started.
+    file's size, and one process when the file's first MiB is mostly distinct
+    lines (not a bloated file: the serial merge would eat the gain). Pipes,
+    non-regular files and systems without ``fork`` are read by one process. A
+    file object is read from its current position to the end of the file as it
+    was when reading started.
     """
     if jobs < 0:
         raise ValueError(f"jobs must be >= 0, not {jobs}")
@@ -834,7 +892,11 @@ def read_table(source: Source, *, chunk_size: int = CHUNK_SIZE, jobs: int = 1) -
             span = _regular_span(stream)
             if span is not None:
                 fd, start, stop = span
-                n = auto_jobs(stop - start) if jobs == 0 else jobs
+                n = jobs
+                if jobs == 0:
+                    n = auto_jobs(stop - start)
+                    if n > 1 and _mostly_distinct(fd, start, stop):
+                        n = 1
                 if n > 1 and stop - start >= n:
                     result = _read_parallel(fd, start, stop, n, chunk_size)
                     stream.seek(stop)

@@ -350,9 +350,21 @@ def test_auto_jobs_uses_one_process_below_the_threshold() -> None:
     assert auto_jobs(0) == 1
     assert auto_jobs(PARALLEL_THRESHOLD - 1) == 1
     cpus = table_mod._cpus()
-    assert auto_jobs(PARALLEL_THRESHOLD) == 1
-    assert auto_jobs(2 * PARALLEL_THRESHOLD) == min(2, cpus)
+    assert auto_jobs(PARALLEL_THRESHOLD) == min(2, cpus)
     assert 1 <= auto_jobs(1 << 40) <= cpus
+
+
+def test_auto_mode_reads_a_mostly_distinct_file_in_one_process(tmp_path: Path) -> None:
+    distinct = write(
+        tmp_path,
+        b"".join(b"10.0.%d.%d:/srv/a:0x00000001\n" % divmod(i, 256) for i in range(20000)),
+        "distinct",
+    )
+    bloated = write(tmp_path, generated(1024 * 1024, seed=1), "bloated")
+    with open(distinct, "rb") as f:
+        assert table_mod._mostly_distinct(f.fileno(), 0, distinct.stat().st_size)
+    with open(bloated, "rb") as f:
+        assert not table_mod._mostly_distinct(f.fileno(), 0, bloated.stat().st_size)
 
 
 def test_results_pickle_small_for_bloated_files() -> None:
