@@ -307,8 +307,10 @@ class _Reader:
     #: at most this many anchor lines (each costs a find() on a misprediction)
     MAX_ANCHORS = 8
     #: a misprediction first tries the remembered segments that start with the
-    #: same PREFIX bytes, most recently used first
+    #: same PREFIX bytes, most recently used first, at most STARTS_KEPT of them
+    #: (the 1.6 GB seed-like file needs up to 38)
     PREFIX = 128
+    STARTS_KEPT = 64
 
     def __init__(self, *, keep: bool = False) -> None:
         self.result = ReadResult()
@@ -608,7 +610,9 @@ class _Reader:
             self.segments[data] = seg
             self.cached += len(data)
             if len(data) >= self.PREFIX:
-                self.starts.setdefault(data[: self.PREFIX], []).insert(0, seg)
+                same = self.starts.setdefault(data[: self.PREFIX], [])
+                same.insert(0, seg)
+                del same[self.STARTS_KEPT :]  # bounds the work of one misprediction
         self.seg_new += len(data)
         return seg
 
