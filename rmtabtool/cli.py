@@ -146,8 +146,10 @@ class Output:
     def __init__(self, *, as_json: bool, quiet: bool, data_on_stdout: bool = False) -> None:
         self.as_json = as_json
         self.quiet = quiet
-        # when stdout carries data (-o -), the human summary goes to stderr
+        # when stdout carries data (-o -), the human summary goes to stderr, and
+        # only for a person at a terminal: pipelines and cron mail stay clean
         self.summary_stream = sys.stderr if data_on_stdout else sys.stdout
+        self.summary_wanted = not data_on_stdout or sys.stderr.isatty()
 
     def warn(self, message: str) -> None:
         if (not self.quiet and not self.as_json) or (self.as_json and not self.quiet):
@@ -159,7 +161,7 @@ class Output:
 
     def lines(self, rows: list[tuple[str, str]], title: str) -> None:
         """A short summary as label/value rows: rich on a terminal, plain otherwise."""
-        if self.quiet:
+        if self.quiet or not self.summary_wanted:
             return
         stream = self.summary_stream
         if stream.isatty() and not os.environ.get("NO_COLOR"):
@@ -286,7 +288,7 @@ def _render_write(out: Output, result: WriteResult) -> None:
         rows.append(("removed", f"{show_bytes(entry.client)}:{show_bytes(entry.path)}"))
     rows.extend(_reject_rows(result))
     if result.lock_hold_seconds:
-        rows.append(("mountd lock held", f"{result.lock_hold_seconds * 1000:.1f} ms"))
+        rows.append(("mountd lock held", f"{result.lock_hold_seconds * 1000:.2f} ms"))
     out.lines(rows, f"rmtabtool {result.command}")
 
 
