@@ -16,7 +16,10 @@ every input:
 * ``read_table`` of the input as a file equals a naive line-by-line reader
   (parse every line, merge by max count, first-seen order, rejected lines
   counted), and does not depend on the read size (a fuzzed chunk size from
-  1 byte up gives the same table, rejected lines and counters).
+  1 byte up gives the same table, rejected lines and counters). The input is
+  also read bloated (repeated 4-10 times with small changes, like the seed
+  incident's files), with the reader's repeated-segment thresholds lowered so
+  that its segment-prediction path runs on small inputs.
 
 Not in CI's critical path: run it by hand for a bounded time.
 
@@ -68,6 +71,20 @@ if atheris is not None:
 else:
     from rmtabtool import entry as entry_mod
     from rmtabtool import table as table_mod
+
+# The reader's repeated-segment path normally engages on big files only; these
+# are the small values tests/test_reader_parallel.py uses to reach it with
+# small inputs (class attributes: this process only).
+for _name, _value in {
+    "SAMPLE_LINES": 8,
+    "SEGMENT_TARGET": 96,
+    "SEGMENT_MIN": 8,
+    "SEGMENT_WAIT": 512,
+    "CHECK_BYTES": 4096,
+    "CHECK_SEGMENTS": 64,
+}.items():
+    if hasattr(table_mod._Reader, _name):
+        setattr(table_mod._Reader, _name, _value)
 
 Entry = entry_mod.Entry
 Rejected = entry_mod.Rejected
@@ -201,18 +218,35 @@ def check_table(data: bytes, chunk_size: int) -> None:
         check_roundtrip(e, data)
 
 
+def bloat(body: bytes, copies: int) -> bytes:
+    """A seed-like file from ``body``: its lines again and again, a line lost
+    here (a UMNT between two restores), one repeated there (a MNT)."""
+    lines = body.split(b"\n")
+    out = []
+    for i in range(copies):
+        copy = lines[:]
+        if i % 3 == 1 and len(copy) > 1:
+            del copy[i % len(copy)]
+        elif i % 3 == 2:
+            copy.insert(i % (len(copy) + 1), copy[(i * 7) % len(copy)])
+        out.append(b"\n".join(copy))
+    return b"\n".join(out)
+
+
 def test_one_input(data: bytes) -> None:
-    """One fuzz input: the first byte picks a chunk size, the rest is the file."""
+    """One fuzz input: the first byte picks a chunk size and how many times the
+    rest is repeated (bloated files drive the reader's repeated-segment path)."""
     if not data:
         return
     chunk_size = 1 + data[0] % 64
+    copies = 1 + (data[0] >> 6) * 3  # 1, 4, 7 or 10
     body = data[1:]
     check_line(body)
     first_line = body.split(b"\n", 1)[0]
     if first_line != body:
         check_line(first_line + b"\n")
     check_fields(body)
-    check_table(body, chunk_size)
+    check_table(body if copies == 1 else bloat(body, copies), chunk_size)
 
 
 # ---------------------------------------------------------------- engines

@@ -524,7 +524,7 @@ def kill_trials(case: Case, root: Path, trials: int, seed: int) -> KillStats:
         known = temps_of(target)
         proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
         if trial % 2 == 0:  # anywhere once the command started: mostly reading
-            time.sleep(rng.uniform(lo, full * 1.05))
+            time.sleep(rng.uniform(lo, full * 0.95))
         else:  # while the temp file exists: writing, fsync, locking, renaming
             _wait_for_temp(proc, target, known, 60)
             time.sleep(rng.uniform(0, window * 1.5))
