@@ -14,6 +14,8 @@ Read-only sources are never modified; their rejected lines are only reported.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import stat
 from collections.abc import Iterable, Iterator, Sequence
@@ -226,26 +228,56 @@ def _read_source(
             return read_table(stdin)
         except OSError as exc:
             raise errors.from_oserror(exc, "<stdin>", "read", reading=True) from exc
-    _check_regular_input(name)
     statedir = live.statedir_for(name)
     if statedir is not None:
+        _check_regular_input(name)
         result, _state = read_snapshot(name, mountd_statedir=statedir, timeout=live.lock_timeout)
         return result
+    # an explicit source may be a pipe (`merge <(ssh node2 cat rmtab)`); never a device
+    stream = _open_input(name, streams_ok=True)
     try:
-        return read_table(name) if jobs == 1 else read_table(name, jobs=jobs)
+        if jobs != 1 and stat.S_ISREG(os.fstat(stream.fileno()).st_mode):
+            return read_table(name, jobs=jobs)
+        return read_table(stream)
     except OSError as exc:
         raise errors.from_oserror(exc, name, "read", reading=True) from exc
+    finally:
+        stream.close()
 
 
-def _check_regular_input(name: str) -> None:
+def _check_regular_input(name: str, *, streams_ok: bool = False) -> None:
+    """Refuse (exit 66) a missing input, a directory, a device, and unless
+    ``streams_ok`` a FIFO: a planted FIFO would hang a resource agent's start,
+    a link to /dev/zero would read one endless line."""
     try:
         st = os.stat(name)
     except OSError as exc:
         raise errors.from_oserror(exc, name, "read", reading=True) from exc
-    if stat.S_ISDIR(st.st_mode):
+    _check_mode(name, st.st_mode, streams_ok=streams_ok)
+
+
+def _check_mode(name: str, mode: int, *, streams_ok: bool) -> None:
+    if stat.S_ISDIR(mode):
         raise errors.InputMissing(f"cannot read {name}: it is a directory, not an rmtab file")
-    if not (stat.S_ISREG(st.st_mode) or stat.S_ISFIFO(st.st_mode) or stat.S_ISCHR(st.st_mode)):
+    if not (stat.S_ISREG(mode) or (streams_ok and stat.S_ISFIFO(mode))):
         raise errors.InputMissing(f"cannot read {name}: not a regular file")
+
+
+def _open_input(name: str, *, streams_ok: bool = False) -> BinaryIO:
+    """Open an input without blocking on a FIFO swapped in after a check."""
+    _check_regular_input(name, streams_ok=streams_ok)
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise errors.from_oserror(exc, name, "read", reading=True) from exc
+    try:
+        _check_mode(name, os.fstat(fd).st_mode, streams_ok=streams_ok)
+        flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+        fcntl.fcntl(fd, fcntl.F_SETFL, flags & ~os.O_NONBLOCK)
+    except BaseException:
+        os.close(fd)
+        raise
+    return os.fdopen(fd, "rb", buffering=0)
 
 
 def _strict_check(strict: bool, results: Iterable[tuple[str, Optional[ReadResult]]]) -> None:
@@ -278,13 +310,19 @@ def append_rejects(path: Path, rejected: Sequence[RejectedLine]) -> None:
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
     except OSError as exc:
         raise errors.from_oserror(exc, path, "create rejects file") from exc
+    start = -1
     try:
+        start = os.fstat(fd).st_size
         view = memoryview(data)
         while view:
             written = os.write(fd, view)
             view = view[written:]
         os.fsync(fd)
     except OSError as exc:
+        # never leave a torn last line: the next append would glue onto it
+        if start >= 0:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, start)
         raise errors.from_oserror(exc, path, "write rejects file") from exc
     finally:
         os.close(fd)
@@ -675,8 +713,8 @@ def restore(
     export = _export_bytes(export_dir)
     src = Path(os.fspath(from_)) if from_ is not None else Path(os.fspath(export_dir)) / ".rmtab"
     try:
-        _check_regular_input(os.fspath(src))
-        backup_read = read_table(src)
+        with _open_input(os.fspath(src)) as stream:
+            backup_read = read_table(stream)
     except errors.InputMissing as exc:
         if not missing_ok:
             raise
