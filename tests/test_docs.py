@@ -40,3 +40,11 @@ def test_every_command_and_option_is_in_the_usage_guide(name: str) -> None:
             continue
         long_opts = [o for o in param.opts if o.startswith("--")]
         assert any(o in usage for o in long_opts), f"{name} {long_opts} missing in docs/usage.md"
+
+
+def test_library_doc_examples_run() -> None:
+    import doctest
+
+    failures, tried = doctest.testfile(str(DOCS / "library.md"), module_relative=False)
+    assert tried > 0
+    assert failures == 0
