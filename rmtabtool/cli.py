@@ -414,7 +414,7 @@ def stats(
     top: Annotated[
         int, typer.Option("--top", metavar="N", min=0, help="How many top clients to list.")
     ] = 10,
-    jobs: JobsOpt = 1,
+    jobs: JobsOpt = 0,
     lock_timeout: TimeoutOpt = 10.0,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -494,7 +494,7 @@ def dedupe(
     drop_zero: DropZeroOpt = False,
     strict: StrictOpt = False,
     rejects: RejectsOpt = None,
-    jobs: JobsOpt = 1,
+    jobs: JobsOpt = 0,
     lock_timeout: TimeoutOpt = 10.0,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -543,7 +543,7 @@ def merge(
     drop_zero: DropZeroOpt = False,
     strict: StrictOpt = False,
     rejects: RejectsOpt = None,
-    jobs: JobsOpt = 1,
+    jobs: JobsOpt = 0,
     lock_timeout: TimeoutOpt = 10.0,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
