@@ -136,8 +136,10 @@ ExactOpt = Annotated[
 # ---------------------------------------------------------------- output
 
 
-def _stdout_is_tty() -> bool:
-    return sys.stdout.isatty()
+def _err(text: str) -> None:
+    """Write to stderr now: a line must not wait in a buffer behind a crash or exit."""
+    sys.stderr.write(text)
+    sys.stderr.flush()
 
 
 class Output:
@@ -153,7 +155,7 @@ class Output:
 
     def warn(self, message: str) -> None:
         if (not self.quiet and not self.as_json) or (self.as_json and not self.quiet):
-            sys.stderr.write(f"rmtabtool: warning: {message}\n")
+            _err(f"rmtabtool: warning: {message}\n")
 
     def json(self, payload: dict[str, Any]) -> None:
         sys.stdout.write(json.dumps(payload, sort_keys=False) + "\n")
@@ -185,7 +187,7 @@ class Output:
 def _fail(message: str, code: int, *, as_json: bool = False) -> NoReturn:
     if as_json:
         sys.stdout.write(json.dumps({"error": message, "exit_code": code}) + "\n")
-    sys.stderr.write(f"rmtabtool: error: {message}\n")
+    _err(f"rmtabtool: error: {message}\n")
     raise typer.Exit(code)
 
 
@@ -201,7 +203,7 @@ def _guard(fn: Callable[[], None], *, as_json: bool) -> None:
         # SIGINT, or SIGTERM/SIGHUP turned into SignalReceived by safefile after
         # it removed its temp file: the target is untouched. Exit like the shell.
         signum = getattr(exc, "signum", 2)
-        sys.stderr.write(f"rmtabtool: interrupted by signal {signum}; nothing was changed\n")
+        _err(f"rmtabtool: interrupted by signal {signum}; nothing was changed\n")
         raise typer.Exit(128 + signum) from None
     except BrokenPipeError:
         # the reader of our stdout went away (e.g. `| head`): not our failure
@@ -452,7 +454,7 @@ def stats(
             out.lines(_stats_rows(result), "rmtabtool stats")
         if exceeded:
             # one line even under --quiet: cron and monitoring want the reason
-            sys.stderr.write(
+            _err(
                 f"rmtabtool: threshold exceeded: {result.file}: {'; '.join(exceeded)}\n"
             )
             raise typer.Exit(errors.EXIT_THRESHOLD)
@@ -464,7 +466,7 @@ def stats(
 
 
 def _usage(message: str) -> NoReturn:
-    sys.stderr.write(f"rmtabtool: usage error: {message}\n")
+    _err(f"rmtabtool: usage error: {message}\n")
     raise typer.Exit(errors.EXIT_USAGE)
 
 
