@@ -17,7 +17,9 @@ new file, :class:`AtomicWriter`):
   check that the file is still the one the new content was built from and to
   rename. If mountd changed it meanwhile the change is folded in (re-read and
   rebuild) before anything is renamed, so no MNT or UMNT is ever lost;
-* the live rmtab's mtime second always moves (mountd's DUMP cache keys on it);
+* the live rmtab's mtime second always moves (mountd's DUMP cache keys on it),
+  but never ahead of the clock: a file last written in the current second is
+  replaced only once the clock is in the next one (waited for without the lock);
 * mountd's lock is held for a stat, the rename and the caller's ``before_commit``
   only (measured: ~0.2 ms for a clean re-check of a 1 GiB file; the replaced
   file's blocks are freed after the lock is released, not inside rename(2));
@@ -88,6 +90,9 @@ MEMORY_OUTPUT_MAX = 8 << 20
 #: rebuilt under the lock at once: the new temp file's fsync alone takes
 #: milliseconds, and every client MNT/UMNT waits that long.
 OPTIMISTIC_RETRIES = 3
+#: How often the final, locked attempt starts over at the next second boundary
+#: when mountd wrote in the current second just before we got its lock.
+_BOUNDARY_TRIES = 3
 #: A file up to this size is kept in memory as read, so that a snapshot taken just
 #: after a change (too recent for its mtime to prove anything, see _RACY_NS) is
 #: confirmed by comparing bytes under the lock instead of by waiting and re-reading.
@@ -100,6 +105,35 @@ _NS = 1_000_000_000
 # whole-second timestamps (ext4 with 128-byte inodes, FAT, some NFS) get more.
 _RACY_NS = 50_000_000
 _RACY_COARSE_NS = 2 * _NS
+
+# File timestamps come from the kernel's coarse clock, which may lag the wall
+# clock by a tick: aim a little past a second boundary.
+_SECOND_MARGIN_NS = 10_000_000
+
+
+def _sleep_past_second(second: int) -> None:
+    """Sleep until the wall clock is (a margin) past the end of ``second``."""
+    delay = (second + 1) * _NS + _SECOND_MARGIN_NS - time.time_ns()
+    if delay > 0:
+        time.sleep(delay / _NS)
+
+
+def _wait_out_current_second(path: Path) -> float:
+    """If ``path`` was modified in the current second, sleep into the next one.
+
+    Then a file read now and renamed over ``path`` before mountd writes it again
+    gets a natural mtime in a new second. Returns the seconds slept.
+    """
+    try:
+        second = os.stat(path).st_mtime_ns // _NS
+    except OSError:
+        return 0.0
+    if second != time.time_ns() // _NS:
+        return 0.0
+    start = time.monotonic()
+    _sleep_past_second(second)
+    return time.monotonic() - start
+
 
 _COPIED_XATTRS = ("system.posix_acl_access", "security.selinux")
 _NO_XATTR = frozenset({errno.ENODATA, errno.ENOTSUP, errno.EOPNOTSUPP})
@@ -267,7 +301,7 @@ class AtomicWriter:
         self.temp_name = ""
         self.bytes_written = 0
         self.committed = False
-        #: the new file's mtime was moved to a later second than the old file's
+        #: leave_second() had to wait for a new second and restamp the file
         self.mtime_bumped = False
         self._buffer = bytearray()
         self._buffer_size = buffer_size
@@ -336,17 +370,14 @@ class AtomicWriter:
     def finish(self, *, newer_than_ns: Optional[int] = None) -> None:
         """Flush, give the temp file the target's metadata, and fsync it.
 
-        ``newer_than_ns``: the mtime of the file being replaced; the new file's
-        mtime is then moved to a later whole second when it would fall in the
-        same (or an earlier) one, so that mountd notices the change.
+        ``newer_than_ns``: the mtime of the file being replaced; see
+        :meth:`leave_second` (called after the fsync; it may sleep up to a second).
         """
         if self._finished:
             return
         try:
             self._flush()
             self._copy_metadata()
-            if newer_than_ns is not None:
-                self._bump_mtime(newer_than_ns)
             os.fsync(self._fd)
         except OSError as exc:
             self.discard()
@@ -355,6 +386,42 @@ class AtomicWriter:
             self.discard()
             raise
         self._finished = True
+        if newer_than_ns is not None:
+            self.leave_second(newer_than_ns)
+
+    def mtime_second(self) -> int:
+        """The whole second of the (unrenamed) new file's mtime."""
+        return os.fstat(self._fd).st_mtime_ns // _NS
+
+    def leave_second(self, old_mtime_ns: int) -> float:
+        """Make the new file's mtime second differ from ``old_mtime_ns``'s, never in the future.
+
+        mountd's DUMP cache keys on the whole mtime second, so a file replaced in
+        the second it was last written stays invisible to ``showmount -a``. The
+        new file's natural mtime (when it was written) is kept unless it falls in
+        that second; then this waits until the wall clock enters the next second
+        and stamps the file with the current time. (Dating it ahead instead, as
+        rmtabtool once did, hides mountd's own next change made in that later
+        second.) Call it WITHOUT mountd's lock: it may sleep up to a second.
+        Returns the seconds waited (0.0: the natural mtime was fine).
+        """
+        if self._fd < 0:
+            raise ValueError("leave_second() on a committed or discarded AtomicWriter")
+        old_second = old_mtime_ns // _NS
+        start = time.monotonic()
+        waited = False
+        try:
+            while os.fstat(self._fd).st_mtime_ns // _NS == old_second:
+                _sleep_past_second(old_second)
+                os.utime(self._fd)  # now; checked again: file times use a coarser clock
+                waited = self.mtime_bumped = True
+        except OSError as exc:
+            self.discard()
+            raise self._error(exc, "set the modification time of") from exc
+        except BaseException:
+            self.discard()
+            raise
+        return time.monotonic() - start if waited else 0.0
 
     def _copy_metadata(self) -> None:
         try:
@@ -387,17 +454,6 @@ class AtomicWriter:
             except OSError as exc:
                 if exc.errno not in _NO_XATTR:
                     raise
-
-    def _bump_mtime(self, newer_than_ns: int) -> None:
-        st = os.fstat(self._fd)
-        old_second = newer_than_ns // _NS
-        if st.st_mtime_ns // _NS > old_second:
-            return
-        # One second past the old file, keeping our own sub-second part: monotonic
-        # for our rewrites, and never a suspiciously round timestamp.
-        mtime = (old_second + 1) * _NS + st.st_mtime_ns % _NS
-        os.utime(self._fd, ns=(st.st_atime_ns, mtime))
-        self.mtime_bumped = True
 
     def replace(self) -> None:
         """Rename the (finished) temp file over the target."""
@@ -724,8 +780,12 @@ class RewriteReport:
     lock_acquisitions: int = 0
     #: reads beyond the first, because the file changed under us
     rereads: int = 0
-    #: the new file's mtime was moved to the next second for mountd's cache
+    #: the live rmtab had been modified in the current second: we waited for the
+    #: next one, so that the new file's (natural) mtime second differs for
+    #: mountd's DUMP cache
     mtime_bumped: bool = False
+    #: seconds spent waiting for that new second (never under mountd's lock)
+    mtime_wait_seconds: float = 0.0
     stale_temps_removed: list[Path] = field(default_factory=list)
 
 
@@ -931,6 +991,11 @@ def rewrite_file(
     return report
 
 
+def _same_second(writer: AtomicWriter, snap: _Snapshot) -> bool:
+    """Would the new file share the replaced one's mtime second (invisible to DUMP)?"""
+    return writer.mtime_second() == snap.state.mtime_ns // _NS
+
+
 def _rewrite_locked(
     path: Path,
     build: Build,
@@ -941,10 +1006,42 @@ def _rewrite_locked(
 ) -> None:
     mountd = MountdLock(mountd_statedir, timeout) if mountd_statedir is not None else None
 
+    def acquire_mountd() -> None:
+        assert mountd is not None
+        mountd.acquire()
+        report.lock_wait_seconds += mountd.wait_seconds
+        report.lock_acquisitions += 1
+
     def release_mountd() -> None:
         if mountd is not None and mountd.locked:
             mountd.release()
             report.lock_hold_seconds += mountd.hold_seconds
+
+    def snapshot_under_lock() -> Optional[_Snapshot]:
+        """The last resort: read, rebuild and rename while holding mountd's lock.
+
+        Taken just after a second boundary (slept for without the lock), so that
+        the file's mtime is from an earlier second than our rename: no waiting
+        for a new second under the lock. Returns holding the lock.
+        """
+        tries = 0
+        while True:
+            tries += 1
+            report.mtime_wait_seconds += _wait_out_current_second(path)
+            acquire_mountd()
+            snap = _read_under_lock(path)
+            if snap is None or snap.state.mtime_ns // _NS != time.time_ns() // _NS:
+                return snap
+            if tries >= _BOUNDARY_TRIES:
+                # Residual race, accepted: mountd wrote in this very second between
+                # our sleep and our lock, every time. Our rename now shares its mtime
+                # second, so a DUMP served between its write and our rename keeps
+                # showing its version (without our change) until mountd writes in
+                # another second -- soon, at the rate that got us here. The other
+                # way out, dating our file ahead, would hide mountd's NEXT change
+                # instead, and waiting under the lock would stall every client.
+                return snap
+            release_mountd()
 
     snap = _read_once(path, settle=mountd is not None)
     retries = 0
@@ -961,19 +1058,29 @@ def _rewrite_locked(
                     report.new_size = out.size
                     return
                 writer = out.committable()
-                old_mtime = snap.state.mtime_ns if snap is not None else None
-                writer.finish(newer_than_ns=old_mtime if mountd is not None else None)
+                writer.finish()
+                optimistic = mountd is not None and not mountd.locked and snap is not None
+                if (
+                    optimistic
+                    and snap is not None
+                    and _same_second(writer, snap)
+                    and FileState.of(path) == snap.state
+                ):
+                    # Never dated ahead of the clock (mountd's next write would share
+                    # that second): wait for a new one, without the lock -- unless the
+                    # file already changed again (a busy mountd): re-read at once then.
+                    report.mtime_wait_seconds += writer.leave_second(snap.state.mtime_ns)
                 if not (mountd is not None and mountd.locked):
                     keep_old.append(_open_old(path))
-                if mountd is not None and not mountd.locked:
-                    mountd.acquire()
-                    report.lock_wait_seconds += mountd.wait_seconds
-                    report.lock_acquisitions += 1
-                current = FileState.of(path)
-                if snap is None:
-                    unchanged = current is None
-                else:
-                    unchanged = snap.trusted(path, current, strict=mountd is not None)
+                unchanged = False
+                if not (optimistic and snap is not None and _same_second(writer, snap)):
+                    if mountd is not None and not mountd.locked:
+                        acquire_mountd()
+                    current = FileState.of(path)
+                    if snap is None:
+                        unchanged = current is None
+                    else:
+                        unchanged = snap.trusted(path, current, strict=mountd is not None)
                 if unchanged:
                     if before_commit is not None:
                         before_commit(snap.result if snap is not None else None)
@@ -983,7 +1090,7 @@ def _rewrite_locked(
                     report.created = snap is None
                     report.snapshot = snap.result if snap is not None else None
                     report.new_size = out.size
-                    report.mtime_bumped = writer.mtime_bumped
+                    report.mtime_bumped = writer.mtime_bumped or report.mtime_wait_seconds > 0
                     break
             finally:
                 out.discard()
@@ -1003,7 +1110,8 @@ def _rewrite_locked(
                 release_mountd()
                 snap = _read_once(path, settle=True)
             else:
-                snap = _read_under_lock(path)  # out of patience: keep the lock
+                release_mountd()
+                snap = snapshot_under_lock()  # out of patience: keep the lock
     finally:
         release_mountd()
         for fd in keep_old:  # replaced files' blocks are freed now, not under the lock

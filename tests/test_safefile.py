@@ -279,15 +279,47 @@ def test_is_same_file(tmp_path: Path) -> None:
 
 
 def test_live_rewrite_moves_the_mtime_second_forward(rmtab: Path) -> None:
-    # An old file stamped in the current second (or even ahead of the clock, after
-    # earlier rewrites): mountd's DUMP cache would not see a same-second change.
-    for old_second in (time.time_ns() // SECOND, time.time_ns() // SECOND + 100):
-        rmtab.write_bytes(BLOATED)
-        os.utime(rmtab, ns=(old_second * SECOND + 5, old_second * SECOND + 5))
-        report = rewrite_file(rmtab, dedupe, mountd_statedir=rmtab.parent, timeout=5)
-        assert report.changed
-        assert os.stat(rmtab).st_mtime_ns // SECOND > old_second
-        assert report.mtime_bumped
+    # Last written in the current second: mountd's DUMP cache would not see a
+    # same-second change, so the rewrite waits (without mountd's lock) for the next
+    # second and keeps the natural mtime -- never one ahead of the clock, which
+    # would hide mountd's own next change made in that later second.
+    old_second = time.time_ns() // SECOND
+    os.utime(rmtab, ns=(old_second * SECOND + 5, old_second * SECOND + 5))
+    report = rewrite_file(rmtab, dedupe, mountd_statedir=rmtab.parent, timeout=5)
+    assert report.changed
+    new = os.stat(rmtab).st_mtime_ns
+    assert new // SECOND > old_second
+    assert new <= time.time_ns()  # not in the future
+    assert report.mtime_bumped
+    assert report.mtime_wait_seconds > 0
+    assert report.lock_hold_seconds < report.mtime_wait_seconds or report.lock_hold_seconds < 1
+
+
+def test_live_rewrite_of_a_file_dated_ahead_is_dated_now(rmtab: Path) -> None:
+    # (as an older rmtabtool left it, or after the clock was stepped back)
+    future = (time.time_ns() // SECOND + 100) * SECOND + 5
+    os.utime(rmtab, ns=(future, future))
+    report = rewrite_file(rmtab, dedupe, mountd_statedir=rmtab.parent, timeout=5)
+    assert report.changed
+    new = os.stat(rmtab).st_mtime_ns
+    assert new // SECOND != future // SECOND
+    assert new <= time.time_ns()
+    assert not report.mtime_bumped
+
+
+def test_writer_leave_second_waits_for_a_new_second_instead_of_dating_ahead(
+    tmp_path: Path,
+) -> None:
+    with AtomicWriter(tmp_path / "f") as writer:
+        writer.write(b"x\n")
+        writer.finish()
+        now = time.time_ns()
+        waited = writer.leave_second(now)
+        mtime = os.fstat(writer._fd).st_mtime_ns
+        assert mtime // SECOND > now // SECOND
+        assert mtime <= time.time_ns()
+        assert waited > 0
+        assert writer.leave_second(0) == 0.0  # another second already: nothing to do
 
 
 def test_live_rewrite_keeps_the_natural_mtime_of_a_new_second(rmtab: Path) -> None:
