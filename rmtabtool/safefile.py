@@ -691,6 +691,20 @@ def _settled_read(path: Path) -> Optional[_Snapshot]:
     return snap
 
 
+def _cannot_lock_but_may_read(exc: errors.RmtabError) -> bool:
+    """May a pure read go on without mountd's lock after failing to take it with ``exc``?
+
+    Yes when we may not open ``.rmtab.lock`` (a reader that is not root) or when
+    the state directory is on a read-only filesystem (its O_CREAT open fails with
+    EROFS, even for an existing file opened read-write; nobody, mountd included,
+    can change the file there): the read then waits for the file to hold still.
+    """
+    if isinstance(exc, errors.PermissionDenied):
+        return True
+    cause = exc.__cause__
+    return isinstance(cause, OSError) and cause.errno == errno.EROFS
+
+
 def _consistent_read(
     path: Path, mountd_statedir: Optional[Path], timeout: float, report: Optional[RewriteReport]
 ) -> Optional[_Snapshot]:
@@ -718,8 +732,10 @@ def _consistent_read(
         lock = MountdLock(mountd_statedir, timeout, shared=True)
         try:
             lock.acquire()
-        except errors.PermissionDenied:
-            return _settled_read(path)
+        except errors.RmtabError as exc:
+            if _cannot_lock_but_may_read(exc):
+                return _settled_read(path)
+            raise
         try:
             if snap.trusted(path, FileState.of(path)):
                 return snap
@@ -743,9 +759,9 @@ def read_snapshot(
 
     The read itself never holds mountd's lock; its result is confirmed under the
     shared lock (``mountd_statedir`` None: no lock, the file is only checked not
-    to change while read). A reader who may not open mountd's lock file falls
-    back to waiting for the file to hold still. A missing file raises
-    :class:`~rmtabtool.errors.InputMissing`.
+    to change while read). A reader who may not open mountd's lock file, or finds
+    it on a read-only filesystem, falls back to waiting for the file to hold
+    still. A missing file raises :class:`~rmtabtool.errors.InputMissing`.
     """
     target = Path(path)
     snap = _consistent_read(target, mountd_statedir, timeout, None)

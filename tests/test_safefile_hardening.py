@@ -1,0 +1,93 @@
+"""safefile/locking hardening found by the fault and hostile-path work.
+
+* pure reads of a live rmtab whose state directory is on a read-only filesystem
+  (opening ``.rmtab.lock`` O_CREAT fails with EROFS) read without the lock;
+* a symlink planted by another user in a world-writable directory is not followed
+  by root (the kernel's fs.protected_symlinks rule, applied by rmtabtool itself).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+IS_ROOT = os.geteuid() == 0
+
+
+def rmtabtool_command() -> list[str]:
+    beside = Path(sys.executable).with_name("rmtabtool")
+    if beside.exists():
+        return [str(beside)]
+    found = shutil.which("rmtabtool")
+    return [found] if found else [sys.executable, "-m", "rmtabtool"]
+
+
+def run(
+    *args: str | Path,
+    prefix: tuple[str, ...] = (),
+    timeout: float = 20,
+) -> subprocess.CompletedProcess[bytes]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RMTABTOOL_", "PYTEST"))}
+    env["TERM"] = "dumb"
+    cmd = [*prefix, *rmtabtool_command(), *map(str, args)]
+    try:
+        return subprocess.run(cmd, capture_output=True, env=env, check=False, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"hung for {timeout:g}s: {' '.join(cmd)}")
+
+
+# ------------------------------------------------------------ read-only statedir, pure reads
+
+
+@pytest.fixture
+def read_only_statedir(tmp_path: Path) -> Iterator[tuple[Path, tuple[str, ...]]]:
+    """A statedir on a tmpfs remounted read-only, in a private mount namespace."""
+    if not IS_ROOT or not shutil.which("unshare") or not shutil.which("nsenter"):
+        pytest.skip("needs root, unshare and nsenter")
+    statedir = tmp_path / "varlibnfs"
+    statedir.mkdir()
+    script = (
+        'mount -t tmpfs -o size=1m tmpfs "$1" && printf "%s" "$2" > "$1/rmtab" '
+        '&& mount -o remount,ro "$1" && echo ready && exec cat'
+    )
+    line = b"10.0.0.1:%s:0x00000001\n" % os.fsencode(tmp_path / "export")
+    argv = ["unshare", "-m", "--propagation", "private", "sh", "-c", script, "sh"]
+    argv += [str(statedir), line.decode()]
+    holder = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert holder.stdout is not None
+    assert holder.stdout.readline() == b"ready\n"
+    try:
+        yield statedir, ("nsenter", "--target", str(holder.pid), "--mount", "--")
+    finally:
+        assert holder.stdin is not None
+        holder.stdin.close()
+        holder.wait(timeout=10)
+        holder.stdout.close()
+
+
+@pytest.mark.parametrize("command", ["stats", "backup", "dedupe-o"])
+def test_pure_reads_of_a_live_rmtab_on_a_read_only_filesystem_work(
+    tmp_path: Path, read_only_statedir: tuple[Path, tuple[str, ...]], command: str
+) -> None:
+    """stats / backup / dedupe -o only READ the live rmtab. Reading takes mountd's
+    shared lock, and opening <statedir>/.rmtab.lock O_CREAT fails with EROFS there;
+    nobody (mountd included) can write a file on a read-only filesystem, so the read
+    falls back to a settled read without the lock, like a reader who may not open it
+    (an admin inspecting a read-only snapshot, or /var/lib/nfs mounted ro after a fault)."""
+    statedir, enter = read_only_statedir
+    export = tmp_path / "export"
+    export.mkdir()
+    live = statedir / "rmtab"
+    args: dict[str, list[str | Path]] = {
+        "stats": ["stats"],
+        "backup": ["backup", export],
+        "dedupe-o": ["dedupe", "-o", tmp_path / "out"],
+    }
+    proc = run(*args[command], "--rmtab", live, prefix=enter)
+    assert proc.returncode == 0, proc.stderr
