@@ -1,7 +1,9 @@
 """The two locks a rewrite takes: ours (between rmtabtool runs) and rpc.mountd's.
 
 :class:`ToolLock` is a ``filelock`` (``flock(2)``) on a hidden file of our own next
-to the target. It serialises rmtabtool runs and nothing else: rpc.mountd never
+to the target -- or, when others can create names in the target's directory, in
+a private per-node directory, so that nobody can plant a link at a name root
+will open. It serialises rmtabtool runs and nothing else: rpc.mountd never
 looks at it.
 
 :class:`MountdLock` is the lock rpc.mountd itself takes before every MNT, UMNT
@@ -24,8 +26,11 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import hashlib
 import os
+import stat
 import struct
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -46,7 +51,8 @@ __all__ = [
 
 #: The file rpc.mountd locks, in its state directory (nfs-utils ``_PATH_RMTABLCK``).
 MOUNTD_LOCK_NAME = ".rmtab.lock"
-#: Our own lock for a target ``<dir>/<name>`` is ``<dir>/.<name>.rmtabtool-lock``.
+#: Our own lock for a target ``<dir>/<name>`` is ``<dir>/.<name>.rmtabtool-lock``
+#: (see :func:`tool_lock_path` for targets in directories others can write in).
 TOOL_LOCK_SUFFIX = ".rmtabtool-lock"
 
 # Polling: mountd holds its lock for a few milliseconds per request, so start with
@@ -333,17 +339,104 @@ class MountdLock:
 # --------------------------------------------------------------------------- ours
 
 
+def _shared_directory(directory: Path) -> bool:
+    """Can users other than ``directory``'s owner create names in it?"""
+    try:
+        st = os.stat(directory)
+    except OSError:
+        return False  # reported by whoever needs it
+    return bool(st.st_mode & (stat.S_IWGRP | stat.S_IWOTH))
+
+
+def _private_lock_directory() -> Path:
+    """A directory only we can write in, on this node, for locks of shared directories.
+
+    Root: ``/run/lock/rmtabtool``; others: ``$XDG_RUNTIME_DIR/rmtabtool``, else
+    ``<tempdir>/rmtabtool-<euid>``. Created 0700; an existing one must be a real
+    directory (not a symbolic link), ours, writable by nobody else.
+    """
+    euid = os.geteuid()
+    candidates: list[Path] = []
+    if euid == 0:
+        candidates.append(Path("/run/lock/rmtabtool"))
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime and os.path.isabs(runtime):
+        candidates.append(Path(runtime) / "rmtabtool")
+    candidates.append(Path(tempfile.gettempdir()) / f"rmtabtool-{euid}")
+    problem: Optional[errors.RmtabError] = None
+    for directory in candidates:
+        if not directory.parent.is_dir():
+            continue
+        try:
+            os.mkdir(directory, 0o700)
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            problem = errors.from_oserror(exc, directory, "create the lock directory")
+            continue
+        st = os.lstat(directory)
+        if (
+            not stat.S_ISDIR(st.st_mode)
+            or st.st_uid != euid
+            or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+        ):
+            raise errors.PermissionDenied(
+                f"refusing to use {directory} for rmtabtool's locks: it must be a directory "
+                f"(not a symbolic link) owned by uid {euid} and writable by nobody else; "
+                "remove it"
+            )
+        return directory
+    raise problem or errors.OutputError("no private directory for rmtabtool's lock files")
+
+
 def tool_lock_path(target: Path) -> Path:
-    """Where the :class:`ToolLock` of ``target`` lives: ``<dir>/.<name>.rmtabtool-lock``."""
+    """Where the :class:`ToolLock` of ``target`` lives.
+
+    Beside the target (``<dir>/.<name>.rmtabtool-lock``, one leading dot even for a
+    hidden name) when only the directory's owner can create names there, like the
+    state directory. In a directory others can write in (an export, often 1777 or
+    0777), a predictable name would let them plant a link or hold the lock: the
+    lock then lives in a private per-node directory (see
+    :func:`_private_lock_directory`, created here if missing), named after a hash
+    of the target's path (pass the resolved target).
+    """
     target = Path(target)
-    return target.with_name(f".{target.name}{TOOL_LOCK_SUFFIX}")
+    if _shared_directory(target.parent):
+        digest = hashlib.sha256(os.fsencode(os.fspath(target))).hexdigest()[:32]
+        return _private_lock_directory() / f"{digest}{TOOL_LOCK_SUFFIX}"
+    name = target.name if target.name.startswith(".") else f".{target.name}"
+    return target.with_name(f"{name}{TOOL_LOCK_SUFFIX}")
+
+
+def _check_lock_file(path: Path) -> None:
+    """Create ``path`` if needed, never through a symbolic link; refuse anything odd.
+
+    filelock opens the path itself (releases before 3.20.1 follow links, truncate
+    and chmod what they reach): it gets it only once it is a regular file here.
+    """
+    flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags, 0o600)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise errors.OutputError(
+                f"cannot take the lock {path}: it is a symbolic link (not followed; remove it)"
+            ) from exc
+        raise errors.from_oserror(exc, path, "take the lock") from exc
+    try:
+        st = os.fstat(fd)
+    finally:
+        os.close(fd)
+    if not stat.S_ISREG(st.st_mode):
+        raise errors.OutputError(f"cannot take the lock {path}: not a regular file (remove it)")
 
 
 class ToolLock:
     """Exclusion between rmtabtool runs on one target (``filelock``, i.e. ``flock``).
 
-    The lock file is ``<dir>/.<name>.rmtabtool-lock`` beside the target; it is
-    never ``.rmtab.lock`` (that one is mountd's, and flock would not exclude it).
+    The lock file is :func:`tool_lock_path`: beside the target, or in a private
+    directory when others can write in the target's; it is never ``.rmtab.lock``
+    (that one is mountd's, and flock would not exclude it).
     Pass the resolved target (see ``safefile.resolve_target``) so that every path
     that leads to the same file takes the same lock.
     """
@@ -364,11 +457,12 @@ class ToolLock:
 
     def acquire(self) -> ToolLock:
         start = time.monotonic()
-        if not self.path.parent.is_dir():
+        if not self.target.parent.is_dir():
             # filelock would create missing directories; a missing output
             # directory is the caller's error to report.
             exc = FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT))
-            raise errors.from_oserror(exc, self.path.parent, "write in")
+            raise errors.from_oserror(exc, self.target.parent, "write in")
+        _check_lock_file(self.path)
         try:
             self._lock.acquire(timeout=self.timeout, poll_interval=0.01)
         except filelock.Timeout as exc:  # a subclass of OSError: test it first

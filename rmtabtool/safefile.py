@@ -176,8 +176,10 @@ def resolve_target(path: StrPath) -> Path:
     Like mountd, a symlinked rmtab is not replaced by a regular file: its final
     target is. Relative link targets are taken relative to the link's directory
     (mountd resolves them from its working directory, which is a bug). A missing
-    final target is returned as is (it will be created). The directory part comes
-    back canonical, so every spelling of one file gives one path (and one lock).
+    final target is returned as is (it will be created). A link another user
+    planted in a world-writable directory is refused (see _check_link_owner).
+    The directory part comes back canonical, so every spelling of one file gives
+    one path (and one lock).
     """
     current = os.fspath(path)
     if not os.path.isabs(current):
@@ -191,12 +193,42 @@ def resolve_target(path: StrPath) -> Path:
             raise errors.from_oserror(exc, current, "look up") from exc
         if not stat.S_ISLNK(st.st_mode):
             return _real_directory(current)
+        _check_link_owner(current, st)
         try:
             link = os.readlink(current)
         except OSError as exc:
             raise errors.from_oserror(exc, current, "read the symbolic link") from exc
         current = link if os.path.isabs(link) else os.path.join(os.path.dirname(current), link)
     raise errors.OutputError(f"cannot resolve {os.fspath(path)}: too many levels of symbolic links")
+
+
+def _check_link_owner(link: str, st: os.stat_result) -> None:
+    """The kernel's fs.protected_symlinks rule, applied to the links we follow ourselves.
+
+    In a directory everybody can write in (an export directory holding a backup,
+    often 1777 or 0777), a link is followed only when it belongs to us or to the
+    directory's owner: otherwise any user could point root's next write at any
+    file (``EXPORT/.rmtab -> /etc/passwd``). resolve_target follows links by hand
+    and renames into the final target's directory, so the kernel's own check
+    never runs. (Links made by root, like a symlinked live rmtab in a root-owned
+    statedir, are followed as rpc.mountd follows them.)
+    """
+    parent = os.path.dirname(link) or "."
+    try:
+        dst = os.stat(parent)
+    except OSError:
+        return
+    if not dst.st_mode & stat.S_IWOTH:
+        return
+    euid = os.geteuid()
+    if st.st_uid in (euid, dst.st_uid):
+        return
+    raise errors.PermissionDenied(
+        f"refusing to follow the symbolic link {link}: it belongs to uid {st.st_uid}, "
+        f"neither to uid {euid} nor to the owner of {parent} (uid {dst.st_uid}), a "
+        "directory everybody can write in (the rule of fs.protected_symlinks); nothing "
+        "was written: remove the link"
+    )
 
 
 def _real_directory(path: str) -> Path:

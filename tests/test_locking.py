@@ -274,8 +274,10 @@ def test_missing_statedir_is_an_output_error(tmp_path: Path) -> None:
 
 
 def test_tool_lock_lives_beside_the_target_and_is_not_mountds(tmp_path: Path) -> None:
+    os.chmod(tmp_path, 0o755)
     assert tool_lock_path(tmp_path / "rmtab") == tmp_path / ".rmtab.rmtabtool-lock"
-    assert tool_lock_path(tmp_path / ".rmtab") == tmp_path / "..rmtab.rmtabtool-lock"
+    # one leading dot for a hidden name: not "..rmtab.rmtabtool-lock"
+    assert tool_lock_path(tmp_path / ".rmtab") == tmp_path / ".rmtab.rmtabtool-lock"
     assert tool_lock_path(tmp_path / "rmtab").name != MOUNTD_LOCK_NAME
     with ToolLock(tmp_path / "rmtab", 1) as lock:
         assert lock.locked
@@ -313,3 +315,46 @@ def test_posix_lock_dropped_by_closing_another_descriptor_is_real(statedir: Path
     os.close(os.open(lockfile, os.O_RDONLY))  # open+close of a second descriptor...
     assert others_can_lock(lockfile)  # ...silently dropped the lock
     os.close(fd1)
+
+
+@pytest.mark.parametrize("mode", [0o1777, 0o777, 0o775])
+def test_tool_lock_of_a_target_in_a_directory_others_write_is_private(
+    tmp_path: Path, mode: int
+) -> None:
+    # A predictable name in an export directory (1777/0777, or group-writable)
+    # would let its users plant a link root then opens, or hold the lock.
+    shared = tmp_path / "export"
+    shared.mkdir()
+    os.chmod(shared, mode)
+    lock = tool_lock_path(shared / ".rmtab")
+    assert lock.parent != shared
+    st = os.lstat(lock.parent)
+    assert stat.S_ISDIR(st.st_mode)
+    assert st.st_uid == os.geteuid()
+    assert stat.S_IMODE(st.st_mode) & 0o077 == 0
+    assert lock == tool_lock_path(shared / ".rmtab")  # stable: one lock per target
+    assert lock != tool_lock_path(shared / "other")
+    with ToolLock(shared / ".rmtab", 1):
+        assert lock.is_file()
+    assert [n for n in os.listdir(shared) if "rmtabtool-lock" in n] == []
+
+
+def test_a_symlink_at_the_lock_file_name_is_refused_not_followed(tmp_path: Path) -> None:
+    os.chmod(tmp_path, 0o755)
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious\n")
+    os.chmod(victim, 0o644)
+    lock = tool_lock_path(tmp_path / "rmtab")
+    lock.symlink_to(victim)
+    with pytest.raises(errors.OutputError, match="symbolic link") as info:
+        ToolLock(tmp_path / "rmtab", 1).acquire()
+    assert str(lock) in str(info.value)
+    assert victim.read_bytes() == b"precious\n"
+    assert stat.S_IMODE(victim.stat().st_mode) == 0o644
+
+
+def test_a_directory_at_the_lock_file_name_is_refused(tmp_path: Path) -> None:
+    os.chmod(tmp_path, 0o755)
+    tool_lock_path(tmp_path / "rmtab").mkdir()
+    with pytest.raises(errors.RmtabError):
+        ToolLock(tmp_path / "rmtab", 1).acquire()

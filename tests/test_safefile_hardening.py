@@ -91,3 +91,63 @@ def test_pure_reads_of_a_live_rmtab_on_a_read_only_filesystem_work(
     }
     proc = run(*args[command], "--rmtab", live, prefix=enter)
     assert proc.returncode == 0, proc.stderr
+
+
+# ------------------------------------------------------------ 1. symlink planted by another user
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="needs root to own a link as another user")
+@pytest.mark.parametrize("mode", [0o1777, 0o777])
+def test_backup_refuses_a_symlink_planted_by_another_user_in_a_world_writable_dir(
+    tmp_path: Path, mode: int
+) -> None:
+    """uid 1000 plants EXPORT/.rmtab -> /etc/passwd-like file; root's backup (the
+    resource agent's monitor, every 10 s) must not replace that file.
+
+    rmtabtool resolves the link itself (safefile.resolve_target) and renames into
+    the link target's directory, so the kernel's fs.protected_symlinks never
+    runs: rmtabtool applies its rule itself -- in a world-writable directory a
+    link is followed only when it is ours or the directory owner's (exit 77,
+    one line naming the link, nothing written).
+    """
+    export = tmp_path / "export"
+    export.mkdir()
+    os.chmod(export, mode)
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    passwd = etc / "passwd"
+    passwd.write_bytes(b"root:x:0:0:root:/root:/bin/bash\n")
+    link = export / ".rmtab"
+    link.symlink_to(passwd)
+    os.lchown(link, 1000, 1000)
+    live = tmp_path / "rmtab"
+    live.write_bytes(b"10.0.0.1:%s:0x00000001\n" % os.fsencode(export))
+    proc = run("backup", export, "--rmtab", live)
+    assert passwd.read_bytes() == b"root:x:0:0:root:/root:/bin/bash\n", "written through the link"
+    assert proc.returncode == 77, proc.stderr
+    assert str(link) in proc.stderr.decode()
+    assert proc.stderr.decode().count("\n") == 1
+    assert link.is_symlink()
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="needs root to own a link as another user")
+def test_a_link_by_the_directory_owner_in_a_world_writable_dir_is_followed(
+    tmp_path: Path,
+) -> None:
+    """The rule of fs.protected_symlinks: the directory's owner may link."""
+    export = tmp_path / "export"
+    export.mkdir()
+    os.chown(export, 1000, 1000)
+    os.chmod(export, 0o1777)
+    stored = tmp_path / "stored"
+    stored.write_bytes(b"")
+    link = export / ".rmtab"
+    link.symlink_to(stored)
+    os.lchown(link, 1000, 1000)
+    live = tmp_path / "rmtab"
+    line = b"10.0.0.1:%s:0x00000001\n" % os.fsencode(export)
+    live.write_bytes(line)
+    proc = run("backup", export, "--rmtab", live)
+    assert proc.returncode == 0, proc.stderr
+    assert stored.read_bytes() == line
+    assert link.is_symlink()
