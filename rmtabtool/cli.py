@@ -228,6 +228,43 @@ def _silence_stdout() -> None:
         pass
 
 
+PROGRESS_MIN_BYTES = 64 * 1024 * 1024
+
+
+class _ProgressBar:
+    """A rich progress bar on stderr for big inputs, only for a person at a terminal."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.enabled = not quiet and sys.stderr.isatty()
+        self._bar: Any = None
+        self._tasks: dict[str, Any] = {}
+
+    def __call__(self, name: str, done: int, total: int) -> None:
+        if not self.enabled or total < PROGRESS_MIN_BYTES:
+            return
+        if self._bar is None:
+            from rich.console import Console
+            from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
+
+            self._bar = Progress(
+                "{task.description}",
+                BarColumn(),
+                DownloadColumn(),
+                TimeRemainingColumn(),
+                console=Console(stderr=True),
+                transient=True,
+            )
+            self._bar.start()
+        task = self._tasks.get(name)
+        if task is None:
+            task = self._tasks[name] = self._bar.add_task(f"reading {name}", total=total)
+        self._bar.update(task, completed=done)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+
 def _stdin() -> Any:
     return sys.stdin.buffer
 
@@ -428,9 +465,18 @@ def stats(
 
     def body() -> None:
         out = Output(as_json=as_json, quiet=quiet)
-        result = operations.stats(
-            file, _live(rmtab, lock_timeout), stdin=_stdin(), top=top, jobs=_jobs(jobs)
-        )
+        bar = _ProgressBar(quiet or as_json)
+        try:
+            result = operations.stats(
+                file,
+                _live(rmtab, lock_timeout),
+                stdin=_stdin(),
+                top=top,
+                jobs=_jobs(jobs),
+                progress=bar,
+            )
+        finally:
+            bar.close()
         exceeded: list[str] = []
         if max_bloat is not None and result.bloat > max_bloat:
             exceeded.append(f"bloat {result.bloat:.2f} > {max_bloat:g}")
@@ -454,9 +500,7 @@ def stats(
             out.lines(_stats_rows(result), "rmtabtool stats")
         if exceeded:
             # one line even under --quiet: cron and monitoring want the reason
-            _err(
-                f"rmtabtool: threshold exceeded: {result.file}: {'; '.join(exceeded)}\n"
-            )
+            _err(f"rmtabtool: threshold exceeded: {result.file}: {'; '.join(exceeded)}\n")
             raise typer.Exit(errors.EXIT_THRESHOLD)
 
     _guard(body, as_json=as_json)
@@ -506,17 +550,22 @@ def dedupe(
 
     def body() -> None:
         out = Output(as_json=as_json, quiet=quiet, data_on_stdout=output == operations.STDIO)
-        result = operations.dedupe(
-            file,
-            _live(rmtab, lock_timeout),
-            output=output,
-            dry_run=dry_run,
-            drop_zero=drop_zero,
-            strict=strict,
-            rejects=rejects,
-            stdin=_stdin(),
-            jobs=_jobs(jobs),
-        )
+        bar = _ProgressBar(quiet or as_json)
+        try:
+            result = operations.dedupe(
+                file,
+                _live(rmtab, lock_timeout),
+                output=output,
+                dry_run=dry_run,
+                drop_zero=drop_zero,
+                strict=strict,
+                rejects=rejects,
+                stdin=_stdin(),
+                jobs=_jobs(jobs),
+                progress=bar,
+            )
+        finally:
+            bar.close()
         _write_stdout(result.content)
         _render_write(out, result)
 
@@ -559,18 +608,23 @@ def merge(
 
     def body() -> None:
         out = Output(as_json=as_json, quiet=quiet, data_on_stdout=to_stdout)
-        result = operations.merge(
-            sources,
-            _live(rmtab, lock_timeout),
-            into=into,
-            output=output,
-            dry_run=dry_run,
-            drop_zero=drop_zero,
-            strict=strict,
-            rejects=rejects,
-            stdin=_stdin(),
-            jobs=_jobs(jobs),
-        )
+        bar = _ProgressBar(quiet or as_json)
+        try:
+            result = operations.merge(
+                sources,
+                _live(rmtab, lock_timeout),
+                into=into,
+                output=output,
+                dry_run=dry_run,
+                drop_zero=drop_zero,
+                strict=strict,
+                rejects=rejects,
+                stdin=_stdin(),
+                jobs=_jobs(jobs),
+                progress=bar,
+            )
+        finally:
+            bar.close()
         _write_stdout(result.content)
         _render_write(out, result)
 

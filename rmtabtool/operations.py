@@ -26,7 +26,7 @@ from typing import Any, BinaryIO, Callable, Optional, Union
 from . import errors
 from .entry import Entry
 from .safefile import FileState, RewriteReport, is_same_file, read_snapshot, rewrite_file
-from .table import ReadResult, RejectedLine, Table, path_in_export, read_table
+from .table import ReadResult, RejectedLine, Table, auto_jobs, path_in_export, read_table
 
 __all__ = [
     "DEFAULT_RMTAB",
@@ -47,6 +47,25 @@ RMTAB_ENV = "RMTABTOOL_RMTAB"
 STDIO = "-"
 
 PathArg = Union[str, "os.PathLike[str]"]
+#: progress(name, bytes_done, bytes_total): called while an input is read
+Progress = Callable[[str, int, int], None]
+
+
+class _Counting:
+    """A binary stream that reports how far it has been read."""
+
+    def __init__(self, raw: BinaryIO, name: str, total: int, progress: Progress) -> None:
+        self._raw = raw
+        self._name = name
+        self._total = total
+        self._done = 0
+        self._progress = progress
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._raw.read(size)
+        self._done += len(data)
+        self._progress(self._name, self._done, self._total)
+        return data
 
 
 @dataclass(frozen=True)
@@ -218,6 +237,7 @@ def _read_source(
     *,
     stdin: Optional[BinaryIO] = None,
     jobs: int = 1,
+    progress: Optional[Progress] = None,
 ) -> ReadResult:
     """Read an input file (``-`` is stdin); the live rmtab is read consistently."""
     name = os.fspath(source)
@@ -236,8 +256,17 @@ def _read_source(
     # an explicit source may be a pipe (`merge <(ssh node2 cat rmtab)`); never a device
     stream = _open_input(name, streams_ok=True)
     try:
-        if jobs != 1 and stat.S_ISREG(os.fstat(stream.fileno()).st_mode):
-            return read_table(name, jobs=jobs)
+        st = os.fstat(stream.fileno())
+        parallel = jobs > 1 or (jobs == 0 and auto_jobs(st.st_size) > 1)
+        if parallel and stat.S_ISREG(st.st_mode):
+            if progress is not None:
+                progress(name, 0, st.st_size)
+            result = read_table(name, jobs=jobs)
+            if progress is not None:
+                progress(name, st.st_size, st.st_size)
+            return result
+        if progress is not None:
+            return read_table(_Counting(stream, name, st.st_size, progress))  # type: ignore[arg-type]
         return read_table(stream)
     except OSError as exc:
         raise errors.from_oserror(exc, name, "read", reading=True) from exc
@@ -463,10 +492,11 @@ def stats(
     stdin: Optional[BinaryIO] = None,
     top: int = 10,
     jobs: int = 1,
+    progress: Optional[Progress] = None,
 ) -> StatsResult:
     """Describe an rmtab (default: the live one) without changing anything."""
     name = os.fspath(source) if source is not None else os.fspath(live.path)
-    result = _read_source(name, live, stdin=stdin, jobs=jobs)
+    result = _read_source(name, live, stdin=stdin, jobs=jobs, progress=progress)
     table = result.table
     per_path: dict[bytes, list[int]] = {}
     per_client: dict[bytes, list[int]] = {}
@@ -518,6 +548,7 @@ def dedupe(
     rejects: Optional[PathArg] = None,
     stdin: Optional[BinaryIO] = None,
     jobs: int = 1,
+    progress: Optional[Progress] = None,
 ) -> WriteResult:
     """One canonical line per (client, path), max count, first-seen order."""
     name = os.fspath(file) if file is not None else os.fspath(live.path)
@@ -543,7 +574,7 @@ def dedupe(
         )
         return result
 
-    source = _read_source(name, live, stdin=stdin, jobs=jobs)
+    source = _read_source(name, live, stdin=stdin, jobs=jobs, progress=progress)
     _strict_check(strict, [(name, source)])
     table, zero_dropped = _drop_zero(source.table) if drop_zero else (source.table, 0)
     result = _write_output("dedupe", output, table, live, dry_run=dry_run)
@@ -575,6 +606,7 @@ def merge(
     rejects: Optional[PathArg] = None,
     stdin: Optional[BinaryIO] = None,
     jobs: int = 1,
+    progress: Optional[Progress] = None,
 ) -> WriteResult:
     """Union of the sources under the merge law (max count, first-seen order).
 
@@ -595,7 +627,10 @@ def merge(
         # the --into file is read once, as the file being rewritten, not also as a source
         target = into
         sources = [s for s in sources if not _same_file(target, s)]
-    read = [(os.fspath(s), _read_source(s, live, stdin=stdin, jobs=jobs)) for s in sources]
+    read = [
+        (os.fspath(s), _read_source(s, live, stdin=stdin, jobs=jobs, progress=progress))
+        for s in sources
+    ]
     _strict_check(strict, read)
     incoming = Table()
     for _name, res in read:

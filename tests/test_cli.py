@@ -539,3 +539,21 @@ def test_backup_counts_the_duplicates_it_collapsed(tmp_path: Path, export: Path)
     data = run("backup", str(export), "--rmtab", str(rmtab), "--json").json()
     assert (data["lines_in"], data["entries_out"], data["duplicates_removed"]) == (4, 2, 1)
     assert data["ignored_outside_export"] == 1
+
+
+def test_stats_reports_progress_up_to_the_file_size(live: Path) -> None:
+    from rmtabtool.operations import Live, stats
+
+    calls: list[tuple[str, int, int]] = []
+    stats(
+        str(live), Live.from_env(live.parent / "other"), jobs=1, progress=lambda *a: calls.append(a)
+    )
+    assert calls
+    dones = [done for _, done, _ in calls]
+    assert dones == sorted(dones)
+    assert calls[-1] == (str(live), len(BLOATED), len(BLOATED))
+
+
+def test_no_progress_bar_when_stderr_is_not_a_terminal(live: Path) -> None:
+    res = run("stats", str(live))
+    assert "reading" not in res.stderr
