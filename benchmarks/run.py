@@ -185,12 +185,13 @@ def contenders(
         for n in jobs
     ]
     if cli is not None:
-        cli_jobs = jobs if cli_has_jobs(cli) else [1]
-        for n in cli_jobs:
-            extra = ["--jobs", str(n)] if n != 1 else []
-            cmds.append(Command(f"rmtabtool stats{_j(n)}", [cli, "stats", file, *extra]))
+        # explicit --jobs N (the command's default may be automatic)
+        variants = [["--jobs", str(n)] for n in jobs] if cli_has_jobs(cli) else [[]]
+        for extra in variants:
+            tail = " " + " ".join(extra) if extra else ""
+            cmds.append(Command(f"rmtabtool stats{tail}", [cli, "stats", file, *extra]))
             cmds.append(
-                Command(f"rmtabtool dedupe -o -{_j(n)}", [cli, "dedupe", file, "-o", "-", *extra])
+                Command(f"rmtabtool dedupe -o -{tail}", [cli, "dedupe", file, "-o", "-", *extra])
             )
     cmds.append(Command(BASELINE, ["sort", "-u", file], env={"LC_ALL": "C"}))
     cmds.append(Command(f"sort -u ({default_locale()})", ["sort", "-u", file]))
@@ -200,10 +201,6 @@ def contenders(
         notes.append("mawk is not installed: its rows are missing")
     cmds.append(Command("cat", ["cat", file]))
     return cmds
-
-
-def _j(n: int) -> str:
-    return f" --jobs {n}" if n != 1 else ""
 
 
 # ---------------------------------------------------------------- inputs

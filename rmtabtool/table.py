@@ -19,16 +19,17 @@ regular file can be read by several processes (``jobs``), with the same result.
 from __future__ import annotations
 
 import io
-import multiprocessing
 import os
 import stat
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from multiprocessing.connection import Connection
-from multiprocessing.process import BaseProcess
-from typing import BinaryIO, Optional, Union
+from typing import TYPE_CHECKING, BinaryIO, Optional, Union
 
 from .entry import Entry, Reason, Rejected, format_entry, parse_line, stops_mountd
+
+if TYPE_CHECKING:
+    from multiprocessing.connection import Connection
+    from multiprocessing.process import BaseProcess
 
 __all__ = [
     "CHUNK_SIZE",
@@ -314,7 +315,10 @@ class _Reader:
 
     def __init__(self, *, keep: bool = False) -> None:
         self.result = ReadResult()
-        #: distinct line -> first line number, in first-seen order
+        #: every distinct line
+        self.seen: set[bytes] = set()
+        #: distinct line -> first line number, in first-seen order (workers only:
+        #: the merge needs it; one process keeps the numbers of rejected lines only)
         self.first: dict[bytes, int] = {}
         #: distinct lines that parse: a block of only these needs no more work
         self.valid: set[bytes] = set()
@@ -343,7 +347,9 @@ class _Reader:
     # -- finding lines ------------------------------------------------------
     def discover(self, line: bytes, lineno: int, terminated: bool = True) -> None:
         """``line`` first occurs at ``lineno``: parse it and place it."""
-        self.first[line] = lineno
+        self.seen.add(line)
+        if self.keep:
+            self.first[line] = lineno
         result = self.result
         if (self.keep or result.mountd_stops_at_line is None) and stops_mountd(
             line, terminated=terminated
@@ -365,7 +371,7 @@ class _Reader:
 
     def adopt(self, line: bytes, lineno: int, part: _Partial) -> None:
         """Like :meth:`discover`, with the verdict a worker already reached."""
-        self.first[line] = lineno
+        self.seen.add(line)
         result = self.result
         if result.mountd_stops_at_line is None and line in part.stopping:
             result.mountd_stops_at_line = lineno
@@ -385,8 +391,7 @@ class _Reader:
         if self.valid.issuperset(lines):
             return None
         block = set(lines)
-        first = self.first
-        new = block.difference(first)
+        new = block - self.seen
         if len(new) <= 16:
             where = {line: lines.index(line) for line in new}
             for line in sorted(new, key=where.__getitem__):
@@ -418,7 +423,7 @@ class _Reader:
         """The source ends in ``line`` without its '\\n'."""
         self.lines += 1
         self.result.missing_final_newline = True
-        if line not in self.first:
+        if line not in self.seen:
             self.discover(line, self.lines, terminated=False)
         rej = self.rejected.get(line)
         if rej is not None:
@@ -464,12 +469,12 @@ class _Reader:
         rest = lines.pop()
         if not lines:
             return rest
-        known = len(self.first)
+        known = len(self.seen)
         self.feed(lines)
         if not self.needles and len(lines) >= self.SAMPLE_LINES:
             if self.retry:
                 self.retry -= 1
-            elif (len(self.first) - known) * 2 < len(lines):  # mostly repeats
+            elif (len(self.seen) - known) * 2 < len(lines):  # mostly repeats
                 self._choose_anchor(lines, len(buf) - len(rest))
         return rest
 
@@ -631,7 +636,7 @@ class _Reader:
     def finish(self, nbytes: int) -> ReadResult:
         result = self.result
         result.lines = self.lines
-        result.distinct_lines = len(self.first)
+        result.distinct_lines = len(self.seen)
         result.bytes_read = nbytes
         return result
 
@@ -689,7 +694,7 @@ def _merge(partials: Iterable[_Partial]) -> ReadResult:
     nbytes = 0
     for part in partials:
         base = reader.lines
-        known = reader.first
+        known = reader.seen
         for line, lineno in part.first.items():
             if line not in known:
                 reader.adopt(line, base + lineno, part)
@@ -837,6 +842,8 @@ def _worker(conn: Connection, fd: int, start: int, stop: int, chunk_size: int) -
 
 def _read_parallel(fd: int, start: int, stop: int, jobs: int, chunk_size: int) -> ReadResult:
     """Read [start, stop) of ``fd`` in ``jobs`` processes: this one and jobs - 1 forks."""
+    import multiprocessing
+
     ranges = _split(fd, start, stop, jobs)
     ctx = multiprocessing.get_context("fork")
     children: list[tuple[BaseProcess, Connection]] = []
@@ -869,6 +876,8 @@ def _read_parallel(fd: int, start: int, stop: int, jobs: int, chunk_size: int) -
 
 
 def _can_fork() -> bool:
+    import multiprocessing  # only for big files: 13 ms of import time
+
     return "fork" in multiprocessing.get_all_start_methods()
 
 
@@ -892,25 +901,29 @@ def read_table(source: Source, *, chunk_size: int = CHUNK_SIZE, jobs: int = 1) -
         raise ValueError(f"jobs must be >= 0, not {jobs}")
     stream, owned = _open(source)
     try:
-        if jobs != 1 and _can_fork():
-            span = _regular_span(stream)
-            if span is not None:
-                fd, start, stop = span
-                n = jobs
-                if jobs == 0:
-                    n = auto_jobs(stop - start)
-                    if n > 1 and _mostly_distinct(fd, start, stop):
-                        n = 1
-                if n > 1 and stop - start >= n:
-                    result = _read_parallel(fd, start, stop, n, chunk_size)
-                    stream.seek(stop)
-                    return result
-        reader = _Reader()
-        nbytes = reader.consume(stream.read, chunk_size)
-        return reader.finish(nbytes)
+        return _read(stream, chunk_size, jobs)
     finally:
         if owned:
             stream.close()
+
+
+def _read(stream: BinaryIO, chunk_size: int, jobs: int) -> ReadResult:
+    if jobs != 1 and _can_fork():
+        span = _regular_span(stream)
+        if span is not None:
+            fd, start, stop = span
+            n = jobs
+            if jobs == 0:
+                n = auto_jobs(stop - start)
+                if n > 1 and _mostly_distinct(fd, start, stop):
+                    n = 1
+            if n > 1 and stop - start >= n:
+                result = _read_parallel(fd, start, stop, n, chunk_size)
+                stream.seek(stop)
+                return result
+    reader = _Reader()
+    nbytes = reader.consume(stream.read, chunk_size)
+    return reader.finish(nbytes)
 
 
 def _regular_span(stream: BinaryIO) -> Optional[tuple[int, int, int]]:
