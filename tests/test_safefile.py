@@ -280,8 +280,8 @@ def test_is_same_file(tmp_path: Path) -> None:
 
 def test_live_rewrite_moves_the_mtime_second_forward(rmtab: Path) -> None:
     # Last written in the current second: mountd's DUMP cache would not see a
-    # same-second change, so the rewrite waits (without mountd's lock) for the next
-    # second and keeps the natural mtime -- never one ahead of the clock, which
+    # same-second change, so once the clock has left that second the new file is
+    # restamped with the current time -- never dated ahead of the clock, which
     # would hide mountd's own next change made in that later second.
     old_second = time.time_ns() // SECOND
     os.utime(rmtab, ns=(old_second * SECOND + 5, old_second * SECOND + 5))
@@ -568,7 +568,7 @@ def test_changes_are_folded_in_without_holding_mountds_lock_meanwhile(rmtab: Pat
     assert report.rereads == 2
     # Never held while rebuilding (the MNTs inside build got it); a file seen to
     # have changed again before the lock is taken is re-read without taking it.
-    assert 1 <= report.lock_acquisitions <= 3
+    assert 1 <= report.lock_acquisitions <= 3 + int(report.mtime_bumped)  # (+ the restamp)
     final = read_bytes(rmtab.read_bytes()).table
     assert final.get(b"10.8.8.1", b"/srv/big") is not None
     assert final.get(b"10.8.8.2", b"/srv/big") is not None
@@ -634,7 +634,8 @@ def test_a_file_modified_just_now_is_not_reread_needlessly(
     os.utime(rmtab, ns=(now, now))
     report = rewrite_file(rmtab, dedupe, mountd_statedir=rmtab.parent, timeout=5)
     assert report.rereads == 0
-    assert report.lock_acquisitions == 1
+    # (a second, brief one to restamp the file once the clock left its second)
+    assert report.lock_acquisitions == (2 if report.mtime_bumped else 1)
     assert rmtab.read_bytes() == CANONICAL
 
 
