@@ -260,7 +260,10 @@ class _ProgressBar:
             task = self._tasks[name] = self._bar.add_task(f"reading {name}", total=total)
         self._bar.update(task, completed=done)
 
-    def close(self) -> None:
+    def __enter__(self) -> "_ProgressBar":
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
         if self._bar is not None:
             self._bar.stop()
 
@@ -465,8 +468,7 @@ def stats(
 
     def body() -> None:
         out = Output(as_json=as_json, quiet=quiet)
-        bar = _ProgressBar(quiet or as_json)
-        try:
+        with _ProgressBar(quiet or as_json) as bar:
             result = operations.stats(
                 file,
                 _live(rmtab, lock_timeout),
@@ -475,8 +477,6 @@ def stats(
                 jobs=_jobs(jobs),
                 progress=bar,
             )
-        finally:
-            bar.close()
         exceeded: list[str] = []
         if max_bloat is not None and result.bloat > max_bloat:
             exceeded.append(f"bloat {result.bloat:.2f} > {max_bloat:g}")
@@ -550,8 +550,7 @@ def dedupe(
 
     def body() -> None:
         out = Output(as_json=as_json, quiet=quiet, data_on_stdout=output == operations.STDIO)
-        bar = _ProgressBar(quiet or as_json)
-        try:
+        with _ProgressBar(quiet or as_json) as bar:
             result = operations.dedupe(
                 file,
                 _live(rmtab, lock_timeout),
@@ -564,8 +563,6 @@ def dedupe(
                 jobs=_jobs(jobs),
                 progress=bar,
             )
-        finally:
-            bar.close()
         _write_stdout(result.content)
         _render_write(out, result)
 
@@ -608,8 +605,7 @@ def merge(
 
     def body() -> None:
         out = Output(as_json=as_json, quiet=quiet, data_on_stdout=to_stdout)
-        bar = _ProgressBar(quiet or as_json)
-        try:
+        with _ProgressBar(quiet or as_json) as bar:
             result = operations.merge(
                 sources,
                 _live(rmtab, lock_timeout),
@@ -623,8 +619,6 @@ def merge(
                 jobs=_jobs(jobs),
                 progress=bar,
             )
-        finally:
-            bar.close()
         _write_stdout(result.content)
         _render_write(out, result)
 
