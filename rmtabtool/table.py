@@ -746,12 +746,13 @@ def iter_blocks(stream: BinaryIO, chunk_size: int = CHUNK_SIZE) -> Iterator[tupl
 
 # ---------------------------------------------------------------- parallel reading
 
-#: Below this size a file is read by one process: forking and merging cost more
-#: than they save. Measured on seed-like files (docs/performance.md): with 2
-#: processes, 16 MiB is slower, 32 MiB breaks even, 64 MiB gains a little.
-PARALLEL_THRESHOLD = 64 * 1024 * 1024
+#: Below this size a file is read by one process: forking, warming a second
+#: segment cache and merging cost about what they save. Measured on seed-like
+#: files, 2 processes against 1 (docs/performance.md): 16 MiB 1.6x slower, 32-64
+#: MiB even, 160 MiB 8% faster, 1.6 GiB 8-40% faster (for ~15-45% more CPU).
+PARALLEL_THRESHOLD = 256 * 1024 * 1024
 #: each further process needs this many more bytes to pay for itself
-PARALLEL_PER_JOB = 32 * 1024 * 1024
+PARALLEL_PER_JOB = 128 * 1024 * 1024
 #: auto mode reads this much of the file first; a file whose lines are mostly
 #: distinct there is read by one process (the merge of workers' distinct lines
 #: is serial and re-builds every entry: parallel does not pay)
