@@ -877,9 +877,13 @@ def _read_parallel(fd: int, start: int, stop: int, jobs: int, chunk_size: int) -
 
 
 def _can_fork() -> bool:
+    """Can workers be forked safely? Not where fork is missing, and not while
+    other threads run (a rich progress bar's refresh thread, say): a lock one of
+    them holds at fork time stays locked forever in the child."""
     import multiprocessing  # only for big files: 13 ms of import time
+    import threading
 
-    return "fork" in multiprocessing.get_all_start_methods()
+    return "fork" in multiprocessing.get_all_start_methods() and threading.active_count() == 1
 
 
 def read_table(source: Source, *, chunk_size: int = CHUNK_SIZE, jobs: int = 1) -> ReadResult:
@@ -894,7 +898,8 @@ def read_table(source: Source, *, chunk_size: int = CHUNK_SIZE, jobs: int = 1) -
     result is identical to ``jobs=1``. ``jobs=0`` picks :func:`auto_jobs` for the
     file's size, and one process when the file's first MiB is mostly distinct
     lines (not a bloated file: the serial merge would eat the gain). Pipes,
-    non-regular files and systems without ``fork`` are read by one process. A
+    non-regular files, systems without ``fork`` and processes running other
+    threads (fork would be unsafe) are read by one process. A
     file object is read from its current position to the end of the file as it
     was when reading started.
     """

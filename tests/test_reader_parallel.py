@@ -17,6 +17,7 @@ import importlib.util
 import io
 import os
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -211,8 +212,16 @@ def write(tmp_path: Path, data: bytes, name: str = "rmtab") -> Path:
 @needs_fork
 @pytest.mark.parametrize(("size", "seed"), [(2 * 1024 * 1024, 1), (5 * 1024 * 1024 + 17, 2)])
 def test_jobs_give_identical_results_on_generated_files(
-    tmp_path: Path, size: int, seed: int
+    tmp_path: Path, size: int, seed: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    calls: list[int] = []
+    real = table_mod._read_parallel
+
+    def spy(fd: int, start: int, stop: int, jobs: int, chunk_size: int) -> ReadResult:
+        calls.append(jobs)
+        return real(fd, start, stop, jobs, chunk_size)
+
+    monkeypatch.setattr(table_mod, "_read_parallel", spy)
     data = generated(size, seed)
     path = write(tmp_path, data)
     one = read_table(path)
@@ -223,6 +232,7 @@ def test_jobs_give_identical_results_on_generated_files(
     assert one.missing_final_newline
     for jobs in (2, 3, 4):
         assert figures(read_table(path, jobs=jobs)) == figures(one), jobs
+    assert calls == [2, 3, 4], "the parallel path really ran"
 
 
 @needs_fork
@@ -339,6 +349,28 @@ def test_a_worker_that_dies_fails_the_read(tmp_path: Path, monkeypatch: pytest.M
     path = write(tmp_path, b"a:/p:0x00000001\n" * 1000)
     with pytest.raises(OSError, match="died"):
         read_table(path, jobs=2)
+
+
+@needs_fork
+def test_other_threads_keep_the_read_in_one_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Forking while another thread holds a lock could hang the child: no fork then."""
+
+    def no_fork(*args: object) -> Any:
+        raise AssertionError("forked with another thread running")
+
+    data = generated(512 * 1024, seed=2)
+    path = write(tmp_path, data)
+    stop = threading.Event()
+    other = threading.Thread(target=stop.wait)
+    other.start()
+    try:
+        monkeypatch.setattr(table_mod, "_read_parallel", no_fork)
+        assert figures(read_table(path, jobs=2)) == figures(naive(data))
+    finally:
+        stop.set()
+        other.join()
 
 
 def test_negative_jobs_are_refused() -> None:
