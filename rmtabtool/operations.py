@@ -464,6 +464,15 @@ def _write_output(
     out_path = Path(os.path.abspath(name))
     if out_path.is_dir():
         raise errors.OutputError(f"cannot write {name}: it is a directory")
+    if out_path.is_char_device():
+        # /dev/null (benchmarks, dry checks): nothing to replace atomically
+        if not dry_run:
+            try:
+                with open(out_path, "wb") as sink:
+                    sink.writelines(table.lines())
+            except OSError as exc:
+                raise errors.from_oserror(exc, out_path, "write") from exc
+        return WriteResult(command=command, file=os.fspath(out_path), changed=True, dry_run=dry_run)
     report = rewrite_file(
         out_path,
         lambda _snapshot: table.lines(),

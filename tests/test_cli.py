@@ -557,3 +557,9 @@ def test_stats_reports_progress_up_to_the_file_size(live: Path) -> None:
 def test_no_progress_bar_when_stderr_is_not_a_terminal(live: Path) -> None:
     res = run("stats", str(live))
     assert "reading" not in res.stderr
+
+
+def test_dedupe_output_to_dev_null(live: Path) -> None:
+    res = run("dedupe", "-q", "-o", "/dev/null", str(live))
+    assert res.code == 0, res.stderr
+    assert live.read_bytes() == BLOATED

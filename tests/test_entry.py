@@ -10,7 +10,7 @@ import pickle
 from typing import Optional
 
 import pytest
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 from mountd_model import (
     C_WHITESPACE,
@@ -544,6 +544,8 @@ def test_stops_mountd_on_blank_and_colonless_lines() -> None:
 def test_both_ipv6_spellings_parse_to_equal_entries(
     addr: bytes, path: bytes, count: bytes, end: bytes
 ) -> None:
+    # a path ending in CR with no count field reads as a CRLF line (policy: CR stripped)
+    assume(count or not path.endswith(b"\r"))
     raw = parse_line(addr + b":" + path + count + end)
     semi = parse_line(on_disk(addr) + b":" + path + count + end)
     expected = Entry(addr, path, 2 if count else 1)
