@@ -651,14 +651,16 @@ def backup(
 
     def body() -> None:
         out = Output(as_json=as_json, quiet=quiet)
-        result = operations.backup(
-            export_dir,
-            _live(rmtab, lock_timeout),
-            to=to,
-            exact=exact,
-            missing_ok=missing_ok,
-            dry_run=dry_run,
-        )
+        with _ProgressBar(quiet or as_json) as bar:
+            result = operations.backup(
+                export_dir,
+                _live(rmtab, lock_timeout),
+                to=to,
+                exact=exact,
+                missing_ok=missing_ok,
+                dry_run=dry_run,
+                progress=bar,
+            )
         _render_write(out, result)
 
     _guard(body, as_json=as_json)
@@ -699,18 +701,20 @@ def restore(
 
     def body() -> None:
         out = Output(as_json=as_json, quiet=quiet)
-        result = operations.restore(
-            export_dir,
-            _live(rmtab, lock_timeout),
-            from_=from_,
-            exact=exact,
-            missing_ok=missing_ok,
-            replace=replace,
-            drop_zero=drop_zero,
-            strict=strict,
-            rejects=rejects,
-            dry_run=dry_run,
-        )
+        with _ProgressBar(quiet or as_json) as bar:
+            result = operations.restore(
+                export_dir,
+                _live(rmtab, lock_timeout),
+                from_=from_,
+                exact=exact,
+                missing_ok=missing_ok,
+                replace=replace,
+                drop_zero=drop_zero,
+                strict=strict,
+                rejects=rejects,
+                dry_run=dry_run,
+                progress=bar,
+            )
         _render_write(out, result)
 
     _guard(body, as_json=as_json)
@@ -750,15 +754,17 @@ def forget(
 
     def body() -> None:
         out = Output(as_json=as_json, quiet=quiet)
-        result = operations.forget(
-            _live(rmtab, lock_timeout),
-            clients=[os.fsencode(c) for c in client or []],
-            path=os.fsencode(path) if path is not None else None,
-            export=export,
-            dry_run=dry_run,
-            strict=strict,
-            rejects=rejects,
-        )
+        with _ProgressBar(quiet or as_json) as bar:
+            result = operations.forget(
+                _live(rmtab, lock_timeout),
+                clients=[os.fsencode(c) for c in client or []],
+                path=os.fsencode(path) if path is not None else None,
+                export=export,
+                dry_run=dry_run,
+                strict=strict,
+                rejects=rejects,
+                progress=bar,
+            )
         _render_write(out, result)
 
     _guard(body, as_json=as_json)

@@ -25,7 +25,15 @@ from typing import Any, BinaryIO, Callable, Optional, Union
 
 from . import errors
 from .entry import Entry
-from .safefile import FileState, RewriteReport, is_same_file, read_snapshot, rewrite_file
+from .safefile import (
+    CountingReader,
+    FileState,
+    ReadProgress,
+    RewriteReport,
+    is_same_file,
+    read_snapshot,
+    rewrite_file,
+)
 from .table import ReadResult, RejectedLine, Table, auto_jobs, path_in_export, read_table
 
 __all__ = [
@@ -51,21 +59,12 @@ PathArg = Union[str, "os.PathLike[str]"]
 Progress = Callable[[str, int, int], None]
 
 
-class _Counting:
-    """A binary stream that reports how far it has been read."""
-
-    def __init__(self, raw: BinaryIO, name: str, total: int, progress: Progress) -> None:
-        self._raw = raw
-        self._name = name
-        self._total = total
-        self._done = 0
-        self._progress = progress
-
-    def read(self, size: int = -1) -> bytes:
-        data = self._raw.read(size)
-        self._done += len(data)
-        self._progress(self._name, self._done, self._total)
-        return data
+def _named(name: str, progress: Optional[Progress]) -> Optional[ReadProgress]:
+    """The library's ``progress(done, total)`` for one file, reported under ``name``."""
+    if progress is None:
+        return None
+    tell = progress
+    return lambda done, total: tell(name, done, total)
 
 
 @dataclass(frozen=True)
@@ -251,7 +250,12 @@ def _read_source(
     statedir = live.statedir_for(name)
     if statedir is not None:
         _check_regular_input(name)
-        result, _state = read_snapshot(name, mountd_statedir=statedir, timeout=live.lock_timeout)
+        result, _state = read_snapshot(
+            name,
+            mountd_statedir=statedir,
+            timeout=live.lock_timeout,
+            progress=_named(name, progress),
+        )
         return result
     # an explicit source may be a pipe (`merge <(ssh node2 cat rmtab)`); never a device
     stream = _open_input(name, streams_ok=True)
@@ -266,7 +270,10 @@ def _read_source(
                 progress(name, st.st_size, st.st_size)
             return result
         if progress is not None:
-            return read_table(_Counting(stream, name, st.st_size, progress))  # type: ignore[arg-type]
+            tell = progress
+            tell(name, 0, st.st_size)
+            counting = CountingReader(stream, lambda done: tell(name, done, st.st_size))
+            return read_table(counting)  # type: ignore[arg-type]
         return read_table(stream)
     except OSError as exc:
         raise errors.from_oserror(exc, name, "read", reading=True) from exc
@@ -382,6 +389,7 @@ def _rewrite_in_place(
     strict: bool,
     rejects: Optional[PathArg],
     source_rejected: Sequence[RejectedLine] = (),
+    progress: Optional[Progress] = None,
 ) -> tuple[WriteResult, _Plan]:
     """Rewrite ``target`` from its own snapshot via ``compose``, safely.
 
@@ -414,6 +422,7 @@ def _rewrite_in_place(
         timeout=live.lock_timeout,
         dry_run=dry_run,
         before_commit=before_commit,
+        progress=_named(os.fspath(target_path), progress),
     )
     plan = plan_box[-1]
     own = plan.own_rejected
@@ -579,7 +588,14 @@ def dedupe(
             return table
 
         result, _plan = _rewrite_in_place(
-            "dedupe", name, live, compose, dry_run=dry_run, strict=strict, rejects=rejects
+            "dedupe",
+            name,
+            live,
+            compose,
+            dry_run=dry_run,
+            strict=strict,
+            rejects=rejects,
+            progress=progress,
         )
         return result
 
@@ -666,6 +682,7 @@ def merge(
             strict=strict,
             rejects=rejects,
             source_rejected=source_rejected,
+            progress=progress,
         )
         return result
 
@@ -697,6 +714,7 @@ def backup(
     exact: bool = False,
     missing_ok: bool = False,
     dry_run: bool = False,
+    progress: Optional[Progress] = None,
 ) -> WriteResult:
     """Write the live rmtab's entries for one export to its backup file, atomically.
 
@@ -706,7 +724,7 @@ def backup(
     export = _export_bytes(export_dir)
     dest = Path(os.fspath(to)) if to is not None else Path(os.fspath(export_dir)) / ".rmtab"
     try:
-        snapshot, _state = _read_live(live)
+        snapshot, _state = _read_live(live, progress)
     except errors.InputMissing as exc:
         if not missing_ok:
             raise
@@ -729,10 +747,15 @@ def backup(
     return result
 
 
-def _read_live(live: Live) -> tuple[ReadResult, FileState]:
+def _read_live(live: Live, progress: Optional[Progress] = None) -> tuple[ReadResult, FileState]:
     name = os.fspath(live.path)
     _check_regular_input(name)
-    return read_snapshot(name, mountd_statedir=live.statedir, timeout=live.lock_timeout)
+    return read_snapshot(
+        name,
+        mountd_statedir=live.statedir,
+        timeout=live.lock_timeout,
+        progress=_named(name, progress),
+    )
 
 
 def restore(
@@ -747,6 +770,7 @@ def restore(
     strict: bool = False,
     rejects: Optional[PathArg] = None,
     dry_run: bool = False,
+    progress: Optional[Progress] = None,
 ) -> WriteResult:
     """Merge an export's backup into the live rmtab (never append), atomically.
 
@@ -807,6 +831,7 @@ def restore(
         strict=strict,
         rejects=rejects,
         source_rejected=list(backup_read.rejected),
+        progress=progress,
     )
     result.ignored_outside_export = ignored
     return result
@@ -822,6 +847,7 @@ def forget(
     dry_run: bool = False,
     strict: bool = False,
     rejects: Optional[PathArg] = None,
+    progress: Optional[Progress] = None,
 ) -> WriteResult:
     """Remove stale entries matching ALL given filters, in place, locked."""
     if not clients and path is None and export is None:
@@ -849,6 +875,13 @@ def forget(
         return table.filter(keep)
 
     result, _plan = _rewrite_in_place(
-        "forget", name, live, compose, dry_run=dry_run, strict=strict, rejects=rejects
+        "forget",
+        name,
+        live,
+        compose,
+        dry_run=dry_run,
+        strict=strict,
+        rejects=rejects,
+        progress=progress,
     )
     return result

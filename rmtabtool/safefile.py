@@ -74,6 +74,9 @@ __all__ = [
 StrPath = Union[str, "os.PathLike[str]"]
 #: ``build(snapshot)``: the new content, given what the file holds (None: no file).
 Build = Callable[[Optional[ReadResult]], Iterable[bytes]]
+#: ``progress(bytes_read, bytes_total)``: called while a file is read (a re-read
+#: after a change by rpc.mountd starts again from 0)
+ReadProgress = Callable[[int, int], None]
 
 #: Temp files are ``.<name>.rmtabtool-<16 hex digits>.tmp`` in the target's directory.
 TEMP_MARK = ".rmtabtool-"
@@ -647,7 +650,24 @@ def _settle(path: Path) -> None:
         time.sleep(delay / _NS)
 
 
-def _read_once(path: Path, *, settle: bool = False) -> Optional[_Snapshot]:
+class CountingReader:
+    """A binary stream that reports how far it has been read: ``report(bytes_so_far)``."""
+
+    def __init__(self, raw: BinaryIO, report: Callable[[int], None]) -> None:
+        self._raw = raw
+        self._report = report
+        self._done = 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._raw.read(size)
+        self._done += len(data)
+        self._report(self._done)
+        return data
+
+
+def _read_once(
+    path: Path, *, settle: bool = False, progress: Optional[ReadProgress] = None
+) -> Optional[_Snapshot]:
     """Read ``path`` into a snapshot; None when it does not exist."""
     if settle:
         _settle(path)
@@ -671,11 +691,20 @@ def _read_once(path: Path, *, settle: bool = False) -> Optional[_Snapshot]:
     content: Optional[bytes] = None
     with open(fd, "rb", buffering=0) as stream:
         try:
-            if before.st_size <= VERIFY_MAX:
+            size = before.st_size
+            if progress is not None:
+                progress(0, size)
+            if size <= VERIFY_MAX:
                 content = _read_fd(fd)
                 result = read_bytes(content)
+            elif progress is not None:
+                tell = progress  # bound for the lambda (mypy: not Optional)
+                counting = CountingReader(stream, lambda done: tell(done, size))
+                result = read_table(counting)  # type: ignore[arg-type]
             else:
                 result = read_table(stream)
+            if progress is not None:
+                progress(result.bytes_read, size)
             after = os.fstat(fd)
         except OSError as exc:
             raise errors.from_oserror(exc, path, "read", reading=True) from exc
@@ -684,27 +713,27 @@ def _read_once(path: Path, *, settle: bool = False) -> Optional[_Snapshot]:
     return _Snapshot(result, state, started, unstable, content)
 
 
-def _read_under_lock(path: Path) -> Optional[_Snapshot]:
-    snap = _read_once(path)
+def _read_under_lock(path: Path, progress: Optional[ReadProgress]) -> Optional[_Snapshot]:
+    snap = _read_once(path, progress=progress)
     if snap is not None:
         snap.under_lock = True
     return snap
 
 
-def _settled_read(path: Path) -> Optional[_Snapshot]:
+def _settled_read(path: Path, progress: Optional[ReadProgress]) -> Optional[_Snapshot]:
     """Best consistent read without mountd's lock (a reader not allowed to take it).
 
     mountd renames its temp file into place and then writes it; a state that
     holds still for a while after a read is taken as complete.
     """
-    snap = _read_once(path, settle=True)
+    snap = _read_once(path, settle=True, progress=progress)
     for _ in range(20):
         if snap is None:
             return None
         time.sleep(_RACY_NS / _NS)
         if snap.trusted(path, FileState.of(path)):
             return snap
-        snap = _read_once(path, settle=True)
+        snap = _read_once(path, settle=True, progress=progress)
     return snap
 
 
@@ -723,7 +752,11 @@ def _cannot_lock_but_may_read(exc: errors.RmtabError) -> bool:
 
 
 def _consistent_read(
-    path: Path, mountd_statedir: Optional[Path], timeout: float, report: Optional[RewriteReport]
+    path: Path,
+    mountd_statedir: Optional[Path],
+    timeout: float,
+    report: Optional[RewriteReport],
+    progress: Optional[ReadProgress] = None,
 ) -> Optional[_Snapshot]:
     """Read ``path`` and prove the read saw one complete version of it.
 
@@ -734,7 +767,7 @@ def _consistent_read(
     """
     attempts = 0
     while True:
-        snap = _read_once(path, settle=mountd_statedir is not None)
+        snap = _read_once(path, settle=mountd_statedir is not None, progress=progress)
         if snap is None:
             return None  # mountd only ever renames a complete name into place
         if mountd_statedir is None:
@@ -751,14 +784,14 @@ def _consistent_read(
             lock.acquire()
         except errors.RmtabError as exc:
             if _cannot_lock_but_may_read(exc):
-                return _settled_read(path)
+                return _settled_read(path, progress)
             raise
         try:
             if snap.trusted(path, FileState.of(path)):
                 return snap
             attempts += 1
             if attempts > OPTIMISTIC_RETRIES:
-                return _read_under_lock(path)
+                return _read_under_lock(path, progress)
         finally:
             lock.release()
             if report is not None:
@@ -770,7 +803,11 @@ def _consistent_read(
 
 
 def read_snapshot(
-    path: StrPath, *, mountd_statedir: Optional[Path], timeout: float
+    path: StrPath,
+    *,
+    mountd_statedir: Optional[Path],
+    timeout: float,
+    progress: Optional[ReadProgress] = None,
 ) -> tuple[ReadResult, FileState]:
     """Read a file (the live rmtab when ``mountd_statedir`` is given) consistently.
 
@@ -779,9 +816,10 @@ def read_snapshot(
     to change while read). A reader who may not open mountd's lock file, or finds
     it on a read-only filesystem, falls back to waiting for the file to hold
     still. A missing file raises :class:`~rmtabtool.errors.InputMissing`.
+    ``progress(bytes_read, bytes_total)`` is called as the read goes.
     """
     target = Path(path)
-    snap = _consistent_read(target, mountd_statedir, timeout, None)
+    snap = _consistent_read(target, mountd_statedir, timeout, None, progress)
     if snap is None:
         raise errors.InputMissing(f"cannot read {target}: No such file or directory")
     return snap.result, snap.state
@@ -985,6 +1023,7 @@ def rewrite_file(
     timeout: float,
     dry_run: bool = False,
     before_commit: Optional[Callable[[Optional[ReadResult]], None]] = None,
+    progress: Optional[ReadProgress] = None,
 ) -> RewriteReport:
     """Replace ``target`` with ``build(what it holds now)``, atomically and safely.
 
@@ -997,6 +1036,7 @@ def rewrite_file(
     when taken), with the snapshot the written content was built from.
     ``dry_run`` reads and builds but writes nothing (no lock files, no temp
     files); the report tells whether the file would change.
+    ``progress(bytes_read, bytes_total)`` is called while ``target`` is read.
     """
     path = resolve_target(target)
     report = RewriteReport(path=path, dry_run=dry_run)
@@ -1004,7 +1044,7 @@ def rewrite_file(
         if not path.parent.is_dir():  # what the real run would fail on
             exc = FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT))
             raise errors.from_oserror(exc, path.parent, "write in")
-        snap = _consistent_read(path, mountd_statedir, timeout, report)
+        snap = _consistent_read(path, mountd_statedir, timeout, report, progress)
         out = _Output(path, snap, dry_run=True)
         try:
             _stream(build, snap, out)
@@ -1020,7 +1060,7 @@ def rewrite_file(
         with tool:
             report.lock_wait_seconds += tool.wait_seconds
             report.stale_temps_removed = clean_stale_temps(path)
-            _rewrite_locked(path, build, mountd_statedir, timeout, before_commit, report)
+            _rewrite_locked(path, build, mountd_statedir, timeout, before_commit, report, progress)
     return report
 
 
@@ -1040,6 +1080,7 @@ def _rewrite_locked(
     timeout: float,
     before_commit: Optional[Callable[[Optional[ReadResult]], None]],
     report: RewriteReport,
+    progress: Optional[ReadProgress] = None,
 ) -> None:
     mountd = MountdLock(mountd_statedir, timeout) if mountd_statedir is not None else None
 
@@ -1054,7 +1095,7 @@ def _rewrite_locked(
             mountd.release()
             report.lock_hold_seconds += mountd.hold_seconds
 
-    snap = _read_once(path, settle=mountd is not None)
+    snap = _read_once(path, settle=mountd is not None, progress=progress)
     retries = 0
     committed: Optional[AtomicWriter] = None
     collided: Optional[int] = None  # the mtime second our new file shares with the old one
@@ -1105,15 +1146,15 @@ def _rewrite_locked(
                         "program writing it?); it was left as it is"
                     )
                 retries += 1
-                snap = _read_once(path)
+                snap = _read_once(path, progress=progress)
             elif retries < OPTIMISTIC_RETRIES:
                 # Do not make every MNT/UMNT wait while we read and rebuild: retry.
                 retries += 1
                 release_mountd()
                 _backoff(retries)
-                snap = _read_once(path, settle=True)
+                snap = _read_once(path, settle=True, progress=progress)
             else:
-                snap = _read_under_lock(path)  # out of patience: keep the lock
+                snap = _read_under_lock(path, progress)  # out of patience: keep the lock
     finally:
         release_mountd()
         for fd in keep_old:  # replaced files' blocks are freed now, not under the lock
