@@ -26,20 +26,19 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import hashlib
 import os
 import stat
 import struct
-import tempfile
 import threading
 import time
 from pathlib import Path
 from types import TracebackType
-from typing import Optional
-
-import filelock
+from typing import TYPE_CHECKING, Optional
 
 from . import errors
+
+if TYPE_CHECKING:  # imported when a ToolLock is first acquired: 30-50 ms of start-up
+    import filelock
 
 __all__ = [
     "MOUNTD_LOCK_NAME",
@@ -355,6 +354,8 @@ def _private_lock_directory() -> Path:
     ``<tempdir>/rmtabtool-<euid>``. Created 0700; an existing one must be a real
     directory (not a symbolic link), ours, writable by nobody else.
     """
+    import tempfile  # 6 ms of start-up, for gettempdir() alone
+
     euid = os.geteuid()
     candidates: list[Path] = []
     if euid == 0:
@@ -402,6 +403,8 @@ def tool_lock_path(target: Path) -> Path:
     """
     target = Path(target)
     if _shared_directory(target.parent):
+        import hashlib  # 4 ms of start-up (OpenSSL), for this hash alone
+
         digest = hashlib.sha256(os.fsencode(os.fspath(target))).hexdigest()[:32]
         return _private_lock_directory() / f"{digest}{TOOL_LOCK_SUFFIX}"
     name = target.name if target.name.startswith(".") else f".{target.name}"
@@ -449,11 +452,13 @@ class ToolLock:
         self.timeout = max(0.0, float(timeout))
         #: seconds spent waiting for the lock
         self.wait_seconds = 0.0
-        self._lock = filelock.FileLock(str(self.path), timeout=self.timeout, mode=0o600)
+        # Created by the first acquire(): importing filelock costs 30-50 ms, and
+        # most runs (reads, -o FILE in a new place) never take this lock.
+        self._lock: Optional[filelock.FileLock] = None
 
     @property
     def locked(self) -> bool:
-        return bool(self._lock.is_locked)
+        return self._lock is not None and bool(self._lock.is_locked)
 
     def acquire(self) -> ToolLock:
         start = time.monotonic()
@@ -463,6 +468,10 @@ class ToolLock:
             exc = FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT))
             raise errors.from_oserror(exc, self.target.parent, "write in")
         _check_lock_file(self.path)
+        import filelock
+
+        if self._lock is None:
+            self._lock = filelock.FileLock(str(self.path), timeout=self.timeout, mode=0o600)
         try:
             self._lock.acquire(timeout=self.timeout, poll_interval=0.01)
         except filelock.Timeout as exc:  # a subclass of OSError: test it first
@@ -476,7 +485,7 @@ class ToolLock:
         return self
 
     def release(self) -> None:
-        if self._lock.is_locked:
+        if self._lock is not None and self._lock.is_locked:
             self._lock.release()
 
     def __enter__(self) -> ToolLock:

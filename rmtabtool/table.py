@@ -914,7 +914,7 @@ def read_table(source: Source, *, chunk_size: int = CHUNK_SIZE, jobs: int = 1) -
 
 
 def _read(stream: BinaryIO, chunk_size: int, jobs: int) -> ReadResult:
-    if jobs != 1 and _can_fork():
+    if jobs != 1:
         span = _regular_span(stream)
         if span is not None:
             fd, start, stop = span
@@ -923,7 +923,9 @@ def _read(stream: BinaryIO, chunk_size: int, jobs: int) -> ReadResult:
                 n = auto_jobs(stop - start)
                 if n > 1 and _mostly_distinct(fd, start, stop):
                     n = 1
-            if n > 1 and stop - start >= n:
+            # _can_fork() last: it imports multiprocessing, which a small file
+            # read with jobs=0 (the command's default) should not pay for
+            if n > 1 and stop - start >= n and _can_fork():
                 result = _read_parallel(fd, start, stop, n, chunk_size)
                 stream.seek(stop)
                 return result
