@@ -13,7 +13,7 @@ from __future__ import annotations
 import enum
 import ipaddress
 import re
-from typing import Optional, Union
+from typing import Callable, Optional, Union
 
 __all__ = [
     "MAX_CLIENT",
@@ -84,14 +84,41 @@ _DESCRIPTIONS = {
     Reason.EMBEDDED_NEWLINE: "more than one line given",
 }
 
+# The regular expressions are compiled on first use, not at import time: the
+# start-up of a command on a small file is mostly import time (docs/performance.md).
+# Each ``_match_*`` name starts as a stub that compiles its pattern, rebinds the
+# name to the compiled ``fullmatch`` and delegates: later calls cost nothing more.
+_Matcher = Callable[[bytes], Optional["re.Match[bytes]"]]
+
+
+def _lazy(name: str, pattern: bytes) -> _Matcher:
+    def first_use(text: bytes) -> Optional[re.Match[bytes]]:
+        match: _Matcher = re.compile(pattern).fullmatch
+        globals()[name] = match
+        return match(text)
+
+    return first_use
+
+
 # strtol(s, NULL, 0), but only when it consumes the whole field: hex with 0x,
 # octal with a leading 0, decimal otherwise.
-_COUNT_RE = re.compile(rb"0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*")
+_match_count = _lazy("_match_count", rb"0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*")
 # Significant digits of MAX_COUNT per base: 0xffffffff, 037777777777, 4294967295.
 _MAX_DIGITS = {16: 8, 8: 11, 10: 10}
 _WHITESPACE = frozenset(b" \t\n\r\v\f")
 # What a raw (colon-spelled) IPv6 client can look like, scope id included.
-_IPV6_RE = re.compile(rb"[0-9A-Fa-f.]*:[0-9A-Fa-f:.]*(?:%[A-Za-z0-9_.-]+)?")
+_match_ipv6 = _lazy("_match_ipv6", rb"[0-9A-Fa-f.]*:[0-9A-Fa-f:.]*(?:%[A-Za-z0-9_.-]+)?")
+# A line exactly as rpc.mountd writes it (``%s:%s:0x%.8x\n``; the ``\n`` optional),
+# whose fields pass every check of :func:`_check`: a client of 1 to MAX_CLIENT bytes,
+# none of them NUL, whitespace (exactly ``_WHITESPACE``) or ':', not starting with
+# '#'; an absolute path of at most MAX_PATH bytes with no NUL, newline or ':'; and
+# 8 lower-case hex digits. The length of the whole line is checked apart.
+# See :func:`_canonical_fields`.
+_match_canonical = _lazy(
+    "_match_canonical",
+    rb"([^\x00\t\n\v\f\r #:][^\x00\t\n\v\f\r :]{0,%d}):(/[^\x00\n:]{0,%d}):0x([0-9a-f]{8})\n?"
+    % (MAX_CLIENT - 1, MAX_PATH - 1),
+)
 
 
 class Entry:
@@ -221,7 +248,7 @@ def parse_count(field: bytes) -> Optional[int]:
     Only a field that strtol consumes entirely is accepted (no sign, no blanks,
     no trailing junk); values past 32 bits clamp to 0xffffffff like mountd.
     """
-    if _COUNT_RE.fullmatch(field) is None:
+    if _match_count(field) is None:
         return None
     if field[:2] in (b"0x", b"0X"):
         digits, base = field[2:], 16
@@ -240,7 +267,7 @@ def parse_count(field: bytes) -> Optional[int]:
 
 def _is_ipv6(text: bytes) -> bool:
     """Is ``text`` an IPv6 address (optionally with a ``%scope``)?"""
-    if _IPV6_RE.fullmatch(text) is None:
+    if _match_ipv6(text) is None:
         return False
     try:
         ipaddress.IPv6Address(text.decode("ascii"))
@@ -262,12 +289,64 @@ def _split_client(body: bytes) -> tuple[bytes, bytes]:
     return body[:cut], body[cut + 1 :]
 
 
+def _canonical_fields(line: bytes) -> Optional[tuple[bytes, bytes, int]]:
+    """(client, path, count) of an already canonical line, or None: then ask :func:`_parse_full`.
+
+    The fast path of :func:`parse_line` for what mountd itself writes (most lines
+    of every real file): one regular-expression match instead of the full
+    parser's dozen steps. It accepts only lines for which the full parser
+    reaches the same Entry with no decision to make: the client ends at the
+    first ':' (no raw IPv6 to recover, since the path starts with '/'), the count
+    is exactly ``0x`` and 8 lower-case hex digits, and every check of
+    :func:`_check` holds. Anything else (a CR, upper-case or other widths, a
+    missing count, a rejected line...) returns None, never a different answer:
+    ``tests/test_entry_fastpath.py`` checks it against the full parser.
+
+    A result here also means ``stops_mountd(line)`` is false, terminated or
+    not: the line has a ':' and no NUL, and fits mountd's fgets() buffer whole.
+    """
+    # A canonical line is at most MAX_LINE bytes, its '\n' included. Asking for
+    # fewer bytes here, with or without the '\n', errs on the safe side: the one
+    # valid length it leaves out (MAX_LINE with the '\n') goes to the full parser.
+    if len(line) >= MAX_LINE:
+        return None
+    match = _match_canonical(line)
+    if match is None:
+        return None
+    client, path, count = match.groups()
+    return client.replace(b";", b":"), path, int(count, 16)
+
+
+# Entry._trusted without its attribute-name lookups (the fast path's hot spot).
+_new_object = object.__new__
+_set_client = Entry.__dict__["client"].__set__
+_set_path = Entry.__dict__["path"].__set__
+_set_count = Entry.__dict__["count"].__set__
+
+
+def _parse_canonical(line: bytes) -> Optional[Entry]:
+    """The Entry of an already canonical line, or None (see :func:`_canonical_fields`)."""
+    fields = _canonical_fields(line)
+    if fields is None:
+        return None
+    self = _new_object(Entry)
+    _set_client(self, fields[0])
+    _set_path(self, fields[1])
+    _set_count(self, fields[2])
+    return self
+
+
 def parse_line(line: bytes) -> Union[Entry, Rejected]:
     """Parse one rmtab line (with or without its ``\\n``). Never raises.
 
     Returns an :class:`Entry` in normal form or a :class:`Rejected` with the
     original bytes (less the final ``\\n``) and the reason.
     """
+    return _parse_canonical(line) or _parse_full(line)
+
+
+def _parse_full(line: bytes) -> Union[Entry, Rejected]:
+    """:func:`parse_line` for every line, canonical or not (no fast path)."""
     raw = line[:-1] if line.endswith(b"\n") else line
     body = raw[:-1] if raw.endswith(b"\r") else raw
     if not body.strip():

@@ -25,7 +25,15 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, BinaryIO, Optional, Union
 
-from .entry import Entry, Reason, Rejected, format_entry, parse_line, stops_mountd
+from .entry import (
+    Entry,
+    Reason,
+    Rejected,
+    _canonical_fields,
+    _parse_full,
+    format_entry,
+    stops_mountd,
+)
 
 if TYPE_CHECKING:
     from multiprocessing.connection import Connection
@@ -351,6 +359,20 @@ class _Reader:
         if self.keep:
             self.first[line] = lineno
         result = self.result
+        fields = _canonical_fields(line)
+        if fields is not None:
+            # A line exactly as mountd writes it (the fast path of parse_line):
+            # a valid entry that mountd reads whole, so stops_mountd() is false.
+            # Table.add() is inlined, without building the Entry.
+            self.valid.add(line)
+            client, path, count = fields
+            counts = result.table._counts
+            old = counts.get((client, path))
+            if old is None or count > old:
+                counts[client, path] = count
+            if self.keep:
+                self.entries[line] = fields
+            return
         if (self.keep or result.mountd_stops_at_line is None) and stops_mountd(
             line, terminated=terminated
         ):
@@ -358,7 +380,7 @@ class _Reader:
                 result.mountd_stops_at_line = lineno
             if self.keep:
                 self.stopping.add(line)
-        parsed = parse_line(line)
+        parsed = _parse_full(line)
         if isinstance(parsed, Rejected):
             rej = RejectedLine(parsed.line, parsed.reason, lineno, 0)
             self.rejected[line] = rej
