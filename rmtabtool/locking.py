@@ -28,7 +28,6 @@ import errno
 import fcntl
 import os
 import stat
-import struct
 import threading
 import time
 from pathlib import Path
@@ -184,6 +183,8 @@ def _still_linked(path: Path, entry: _LockFile) -> bool:
 
 def _holder(fd: int, exclusive: bool) -> Optional[str]:
     """Best effort: 'pid N (name)' of a process holding a conflicting lock, via F_GETLK."""
+    import struct  # only on a timeout: kept out of the start-up
+
     try:
         kind = fcntl.F_WRLCK if exclusive else fcntl.F_RDLCK
         # struct flock on Linux: short l_type, short l_whence, off_t l_start,
