@@ -18,8 +18,15 @@ the speed-up against ``LC_ALL=C sort -u`` and against mawk (how many times
 faster), and the largest peak RSS over the repetitions.
 
 Also: an adversarial file (``--adversarial-size``, 200M by default, every line
-distinct: the case the repeat-aware reader cannot shortcut) and a start-up case
-(a 50-line file: ``rmtabtool dedupe`` against ``python -c "import typer"``).
+distinct: the case the repeat-aware reader cannot shortcut), with the cost per
+line of ``parse_line`` and ``stops_mountd`` on its first ``--parse-lines``
+lines, and a start-up case (a 50-line file: ``rmtabtool dedupe`` against
+``python -c "import typer"``).
+
+Start-up is mostly import time, so the bytecode of the rmtabtool package the
+commands import is compiled first (``compileall``): with
+``PYTHONDONTWRITEBYTECODE`` set and a stale ``__pycache__``, every run would
+compile the package from source again (tens of ms).
 
 Medians of wall time are what a user waits; on a busy machine they also carry
 other people's load, so the CPU column and the load average (printed before and
@@ -258,6 +265,63 @@ def small_file() -> Path:
 # ---------------------------------------------------------------- reporting
 
 
+def precompile(notes: list[str]) -> None:
+    """Write the bytecode of the rmtabtool the commands import (from ROOT, like them)."""
+    where = subprocess.run(
+        [sys.executable, "-c", "import os, rmtabtool; print(os.path.dirname(rmtabtool.__file__))"],
+        check=False,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    package = where.stdout.strip()
+    if where.returncode != 0 or not package:
+        return
+    # compileall writes .pyc files even under PYTHONDONTWRITEBYTECODE
+    subprocess.run([sys.executable, "-m", "compileall", "-q", package], check=False)
+    if os.environ.get("PYTHONDONTWRITEBYTECODE"):
+        notes.append(
+            f"PYTHONDONTWRITEBYTECODE is set: the bytecode of {package} was compiled "
+            "before measuring (an installed package has it)"
+        )
+
+
+PARSE_CODE = """
+import sys, time
+from rmtabtool import parse_line, stops_mountd
+with open(sys.argv[1], "rb") as f:
+    lines = f.read(int(sys.argv[2]) * 64).split(b"\\n")[: int(sys.argv[2])]
+best = {}
+for name, fn in (("parse_line", parse_line), ("stops_mountd", stops_mountd)):
+    for _ in range(3):
+        t = time.perf_counter()
+        for line in lines:
+            fn(line)
+        per = (time.perf_counter() - t) / len(lines) * 1e6
+        best[name] = min(best.get(name, per), per)
+print(len(lines), best["parse_line"], best["stops_mountd"])
+"""
+
+
+def parse_cost(path: Path, lines: int) -> Optional[str]:
+    """Microseconds per line of parse_line and stops_mountd (best of 3, fresh interpreter)."""
+    out = subprocess.run(
+        [sys.executable, "-c", PARSE_CODE, str(path), str(lines)],
+        check=False,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    try:
+        count, parse, stops = out.stdout.split()
+        return (
+            f"Per distinct line, on the first {int(count)} lines (best of 3): "
+            f"`parse_line` {float(parse):.2f} µs, `stops_mountd` {float(stops):.2f} µs.\n"
+        )
+    except ValueError:
+        return None
+
+
 def machine() -> dict[str, str]:
     model = "unknown"
     try:
@@ -336,6 +400,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--seed", type=int, default=1, help="generator seed")
     parser.add_argument("--jobs", default="1,2", help="reader processes to compare (1,2)")
     parser.add_argument("--adversarial-size", default="200M", help="all-distinct file; 0 skips")
+    parser.add_argument(
+        "--parse-lines", type=int, default=460_000, help="lines for the per-line cost; 0 skips"
+    )
     parser.add_argument("--startup-reps", type=int, default=20, help="0 skips the start-up case")
     parser.add_argument("--json", type=Path, help="also write every sample here")
     parser.add_argument("--clean", action="store_true", help="delete benchmarks/data at the end")
@@ -352,6 +419,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     cli = rmtabtool_command()
     if cli is None:
         notes.append("the rmtabtool command is not installed: only the library was measured")
+    precompile(notes)
 
     info = machine()
     load_before = os.getloadavg()
@@ -389,18 +457,27 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         title = f"adversarial: {args.adversarial_size} of all-distinct lines"
         out.append(table(title, results))
         cases[title] = [asdict(r) for r in results]
+        cost = parse_cost(path, args.parse_lines) if args.parse_lines > 0 else None
+        if cost is not None:
+            out.append(cost)
 
     if args.startup_reps > 0 and cli is not None:
         path = small_file()
         cmds = [
             Command("rmtabtool dedupe -o - (50 lines)", [cli, "dedupe", str(path), "-o", "-"]),
+            Command(
+                "rmtabtool dedupe -o /dev/null (50 lines)",
+                [cli, "dedupe", "-o", "/dev/null", str(path)],
+            ),
             Command('python -c "import typer"', [sys.executable, "-c", "import typer"]),
             Command('python -c "pass"', [sys.executable, "-c", "pass"]),
         ]
         results = measure(cmds, args.startup_reps)
-        ratio = results[0].wall / results[1].wall
+        typer_wall = results[2].wall
         out.append(table("start-up: a 50-line file", results))
-        out.append(f"`rmtabtool dedupe` / `import typer` (median wall): {ratio:.2f}\n")
+        for r in results[:2]:
+            command = r.name.replace(" (50 lines)", "")
+            out.append(f"`{command}` / `import typer` (median wall): {r.wall / typer_wall:.2f}\n")
         cases["startup"] = [asdict(r) for r in results]
 
     load_after = os.getloadavg()
