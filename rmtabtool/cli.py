@@ -6,7 +6,6 @@ load it). stdout carries the data asked for; stderr carries warnings and the
 one-line errors. Exit codes come from :mod:`rmtabtool.errors` (docs/exit-codes.md).
 """
 
-import json
 import os
 import re
 import sys
@@ -158,6 +157,8 @@ class Output:
             _err(f"rmtabtool: warning: {message}\n")
 
     def json(self, payload: dict[str, Any]) -> None:
+        import json  # only for --json: kept out of the start-up
+
         sys.stdout.write(json.dumps(payload, sort_keys=False) + "\n")
         sys.stdout.flush()
 
@@ -186,6 +187,8 @@ class Output:
 
 def _fail(message: str, code: int, *, as_json: bool = False) -> NoReturn:
     if as_json:
+        import json
+
         sys.stdout.write(json.dumps({"error": message, "exit_code": code}) + "\n")
     _err(f"rmtabtool: error: {message}\n")
     raise typer.Exit(code)
@@ -375,13 +378,13 @@ def _main(
 
 # ---------------------------------------------------------------- stats
 
-_SIZE_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([kKmMgGtT]?)[iI]?[bB]?\s*")
+_SIZE_PATTERN = r"\s*(\d+(?:\.\d+)?)\s*([kKmMgGtT]?)[iI]?[bB]?\s*"
 _SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
 
 def parse_size(text: str) -> int:
     """``10M`` -> 10485760 (K/M/G/T are 1024-based)."""
-    match = _SIZE_RE.fullmatch(text)
+    match = re.fullmatch(_SIZE_PATTERN, text)  # compiled on first use (re's cache)
     if match is None:
         raise typer.BadParameter(f"not a size: {text!r} (use e.g. 512K, 10M, 1G)")
     return int(float(match.group(1)) * _SIZE_UNITS[match.group(2).lower()])

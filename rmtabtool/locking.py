@@ -462,6 +462,8 @@ class ToolLock:
         return self._lock is not None and bool(self._lock.is_locked)
 
     def acquire(self) -> ToolLock:
+        import filelock  # before the clock starts: wait_seconds is time spent waiting
+
         start = time.monotonic()
         if not self.target.parent.is_dir():
             # filelock would create missing directories; a missing output
@@ -469,8 +471,6 @@ class ToolLock:
             exc = FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT))
             raise errors.from_oserror(exc, self.target.parent, "write in")
         _check_lock_file(self.path)
-        import filelock
-
         if self._lock is None:
             self._lock = filelock.FileLock(str(self.path), timeout=self.timeout, mode=0o600)
         try:

@@ -42,7 +42,6 @@ import contextlib
 import errno
 import os
 import re
-import secrets
 import signal
 import stat
 import threading
@@ -338,6 +337,8 @@ class AtomicWriter:
         except OSError as exc:
             raise errors.from_oserror(exc, self.directory, "write in") from exc
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        import secrets  # here, not at the top: 6 ms of start-up (hmac, OpenSSL, random)
+
         try:
             while True:
                 name = f"{_temp_prefix(self.target.name)}{secrets.token_hex(8)}{TEMP_SUFFIX}"
@@ -1069,6 +1070,8 @@ def rewrite_file(
 
 
 def _backoff(retry: int) -> None:
+    import secrets
+
     time.sleep(secrets.randbelow(min(1000 << retry, _BACKOFF_MAX_US) + 1) / 1_000_000)
 
 
