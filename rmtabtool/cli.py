@@ -204,9 +204,17 @@ def _guard(fn: Callable[[], None], *, as_json: bool) -> None:
         _fail(str(exc), exc.exit_code, as_json=as_json)
     except KeyboardInterrupt as exc:
         # SIGINT, or SIGTERM/SIGHUP turned into SignalReceived by safefile after
-        # it removed its temp file: the target is untouched. Exit like the shell.
+        # it removed its temp file: the target is untouched -- unless the signal
+        # came just after the rename. Exit like the shell.
         signum = getattr(exc, "signum", 2)
-        _err(f"rmtabtool: interrupted by signal {signum}; nothing was changed\n")
+        replaced = getattr(exc, "replaced", None)
+        if replaced is not None:
+            _err(
+                f"rmtabtool: interrupted by signal {signum} after {replaced} was replaced "
+                "(its new content is complete)\n"
+            )
+        else:
+            _err(f"rmtabtool: interrupted by signal {signum}; nothing was changed\n")
         raise typer.Exit(128 + signum) from None
     except BrokenPipeError:
         # the reader of our stdout went away (e.g. `| head`): not our failure

@@ -50,7 +50,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType, TracebackType
-from typing import BinaryIO, Optional, Union
+from typing import Any, BinaryIO, Optional, Union
 
 from . import errors
 from .locking import MountdLock, ToolLock
@@ -124,6 +124,27 @@ def _sleep_past_second(second: int) -> None:
     delay = (second + 1) * _NS + _SECOND_MARGIN_NS - time.time_ns()
     if delay > 0:
         time.sleep(delay / _NS)
+
+
+#: Signals that become exceptions (KeyboardInterrupt, SignalReceived) at any point.
+_INTERRUPTS = frozenset({signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
+
+
+@contextlib.contextmanager
+def _uninterrupted() -> Iterator[None]:
+    """Hold SIGINT/SIGTERM/SIGHUP back for a few system calls that must not be split.
+
+    Their handlers raise an exception wherever the interpreter happens to be. One
+    raised between creating the temp file and remembering its name would leak
+    the file; one raised between the rename and recording it would report
+    "nothing was changed" about a replaced rmtab. Blocked signals stay pending
+    and are delivered (and raised) as soon as the block ends.
+    """
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, _INTERRUPTS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 _COPIED_XATTRS = ("system.posix_acl_access", "security.selinux")
@@ -342,11 +363,12 @@ class AtomicWriter:
         try:
             while True:
                 name = f"{_temp_prefix(self.target.name)}{secrets.token_hex(8)}{TEMP_SUFFIX}"
-                try:
-                    self._fd = os.open(name, flags, 0o600, dir_fd=self._dirfd)
-                except FileExistsError:
-                    continue  # 64 random bits: someone planted this exact name
-                self.temp_name = name
+                with _uninterrupted():  # never a file on disk whose name we forgot
+                    try:
+                        self._fd = os.open(name, flags, 0o600, dir_fd=self._dirfd)
+                    except FileExistsError:
+                        continue  # 64 random bits: someone planted this exact name
+                    self.temp_name = name
                 break
         except OSError as exc:
             self._close_dir()
@@ -484,14 +506,18 @@ class AtomicWriter:
         """Rename the (finished) temp file over the target."""
         if not self._finished:
             self.finish()
-        try:
-            os.rename(
-                self.temp_name, self.target.name, src_dir_fd=self._dirfd, dst_dir_fd=self._dirfd
-            )
-        except OSError as exc:
-            self.discard()
-            raise self._error(exc, "replace") from exc
-        self.committed = True
+        with _uninterrupted():  # renamed means committed, never one without the other
+            try:
+                os.rename(
+                    self.temp_name,
+                    self.target.name,
+                    src_dir_fd=self._dirfd,
+                    dst_dir_fd=self._dirfd,
+                )
+            except OSError as exc:
+                self.discard()
+                raise self._error(exc, "replace") from exc
+            self.committed = True
         with contextlib.suppress(OSError):  # the data is fsynced already
             os.close(self._fd)
         self._fd = -1
@@ -518,6 +544,10 @@ class AtomicWriter:
 
     def discard(self) -> None:
         """Drop the temp file (unless committed). Safe to call more than once."""
+        with _uninterrupted():
+            self._discard()
+
+    def _discard(self) -> None:
         self._discarded = not self.committed
         if self._fd >= 0:
             with contextlib.suppress(OSError):
@@ -947,7 +977,8 @@ class _Output:
                 self._spill()
 
     def _spill(self) -> AtomicWriter:
-        writer = self.writer = AtomicWriter(self._target)
+        with _uninterrupted():  # a writer (and its temp file) we would not discard
+            writer = self.writer = AtomicWriter(self._target)
         pending, self._pending, self._pending_size = self._pending, [], 0
         for chunk in pending:
             writer.write(chunk)
@@ -996,6 +1027,9 @@ class SignalReceived(KeyboardInterrupt):
     def __init__(self, signum: int) -> None:
         super().__init__(f"interrupted by {signal.Signals(signum).name}")
         self.signum = signum
+        #: the file had already been replaced (complete, fsynced) when the signal
+        #: came; only what followed (restamping its mtime) was skipped
+        self.replaced: Optional[Path] = None
 
 
 def _raise_signal(signum: int, frame: Optional[FrameType]) -> None:
@@ -1004,20 +1038,28 @@ def _raise_signal(signum: int, frame: Optional[FrameType]) -> None:
 
 @contextlib.contextmanager
 def _signals_raise() -> Iterator[None]:
-    """Turn SIGTERM/SIGHUP into an exception while a rewrite runs (main thread only,
+    """Turn SIGTERM/SIGHUP/SIGINT into SignalReceived while a rewrite runs (main thread only,
     and only where nobody installed a handler), so the temp file and the locks
     are cleaned up like on Ctrl-C. SIGKILL cannot be caught: the next run cleans."""
-    installed: list[signal.Signals] = []
+    installed: list[tuple[signal.Signals, Any]] = []  # (signal, the handler it had)
     if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGTERM, signal.SIGHUP):
-            if signal.getsignal(sig) is signal.SIG_DFL:
+        # SIGINT too (Python's own handler raises a plain KeyboardInterrupt): then
+        # every interruption says whether the file had been replaced already.
+        defaults = (
+            (signal.SIGTERM, signal.SIG_DFL),
+            (signal.SIGHUP, signal.SIG_DFL),
+            (signal.SIGINT, signal.default_int_handler),
+        )
+        for sig, default in defaults:
+            previous = signal.getsignal(sig)
+            if previous is default:
                 signal.signal(sig, _raise_signal)
-                installed.append(sig)
+                installed.append((sig, previous))
     try:
         yield
     finally:
-        for sig in installed:
-            signal.signal(sig, signal.SIG_DFL)
+        for sig, previous in installed:
+            signal.signal(sig, previous)
 
 
 def rewrite_file(
@@ -1065,7 +1107,14 @@ def rewrite_file(
         with tool:
             report.lock_wait_seconds += tool.wait_seconds
             report.stale_temps_removed = clean_stale_temps(path)
-            _rewrite_locked(path, build, mountd_statedir, timeout, before_commit, report, progress)
+            try:
+                _rewrite_locked(
+                    path, build, mountd_statedir, timeout, before_commit, report, progress
+                )
+            except SignalReceived as exc:
+                if report.changed:
+                    exc.replaced = path
+                raise
     return report
 
 
@@ -1132,15 +1181,16 @@ def _rewrite_locked(
                     if before_commit is not None:
                         before_commit(snap.result if snap is not None else None)
                     shares_second = snap is not None and _same_second(writer, snap)
-                    writer.replace()
-                    committed = writer
-                    if mountd is not None and snap is not None and shares_second:
-                        collided = snap.state.mtime_ns // _NS
-                    report.changed = True
-                    report.created = snap is None
-                    report.snapshot = snap.result if snap is not None else None
-                    report.new_size = out.size
-                    report.mtime_bumped = writer.mtime_bumped or report.mtime_wait_seconds > 0
+                    with _uninterrupted():  # a replaced file is always reported as such
+                        writer.replace()
+                        committed = writer
+                        if mountd is not None and snap is not None and shares_second:
+                            collided = snap.state.mtime_ns // _NS
+                        report.changed = True
+                        report.created = snap is None
+                        report.snapshot = snap.result if snap is not None else None
+                        report.new_size = out.size
+                        report.mtime_bumped = writer.mtime_bumped or report.mtime_wait_seconds > 0
                     break
             finally:
                 out.discard()
@@ -1167,8 +1217,10 @@ def _rewrite_locked(
         for fd in keep_old:  # replaced files' blocks are freed now, not under the lock
             if fd is not None:
                 os.close(fd)
-    if committed is not None:
-        committed.sync_dir()  # after mountd's lock: it need not wait for the disk
+        if committed is not None:
+            # after mountd's lock (it need not wait for the disk), and even when a
+            # signal came right after the rename: the rename must survive a crash
+            committed.sync_dir()
     if collided is not None and mountd is not None:
         _restamp(path, collided, mountd, report)
 

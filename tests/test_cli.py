@@ -503,6 +503,29 @@ def test_internal_error_is_one_line_and_70(live: Path, monkeypatch: pytest.Monke
     assert "Traceback" not in res.stderr
 
 
+@pytest.mark.parametrize("replaced", [False, True])
+def test_a_signal_says_whether_the_file_was_replaced(
+    live: Path, monkeypatch: pytest.MonkeyPatch, replaced: bool
+) -> None:
+    from rmtabtool import operations
+    from rmtabtool.safefile import SignalReceived
+
+    def interrupted(*_a: object, **_k: object) -> None:
+        exc = SignalReceived(15)
+        if replaced:
+            exc.replaced = live
+        raise exc
+
+    monkeypatch.setattr(operations, "dedupe", interrupted)
+    res = run("dedupe", "--rmtab", str(live))
+    assert res.code == 128 + 15
+    assert res.stderr.count("\n") == 1
+    if replaced:
+        assert f"after {live} was replaced" in res.stderr
+    else:
+        assert "nothing was changed" in res.stderr
+
+
 # ---------------------------------------------------------------- prometheus
 
 

@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -160,10 +161,29 @@ def test_kill_9_while_holding_mountds_lock_blocks_nobody_afterwards(live: Path) 
     assert live.read_bytes() == NEW
 
 
-def test_sigterm_at_random_moments_cleans_up_at_once(live: Path) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT])
+def test_a_signal_mid_stream_removes_the_temp_file(live: Path, sig: signal.Signals) -> None:
+    pid, rfd = _start_child(live, "pause")
+    assert os.read(rfd, 1) == b"w"  # the temp file exists, partly written
+    assert len(our_temps(live)) == 1
+    os.kill(pid, sig)
+    _, status = os.waitpid(pid, 0)
+    os.close(rfd)
+    assert os.waitstatus_to_exitcode(status) == 128 + sig
+    assert live.read_bytes() == OLD
+    assert our_temps(live) == []
+
+
+def test_signals_at_random_moments_clean_up_at_once(live: Path) -> None:
+    """SIGTERM anywhere: never a temp file left behind (kill -9 is the next run's job).
+
+    The handler raises wherever the interpreter is; the few steps that must not
+    be split (create the temp file and remember its name; rename and record it)
+    hold the signal back until they are done.
+    """
     rng = random.Random(7)
-    for _ in range(12):
-        pid, rfd = _start_child(live)
+    for trial in range(30):
+        pid, rfd = _start_child(live, ("slow", "fast")[trial % 2])
         time.sleep(rng.uniform(0, 0.05))
         os.kill(pid, signal.SIGTERM)
         _, status = os.waitpid(pid, 0)
@@ -173,7 +193,54 @@ def test_sigterm_at_random_moments_cleans_up_at_once(live: Path) -> None:
         assert os.waitstatus_to_exitcode(status) in (128 + signal.SIGTERM, -signal.SIGTERM)
         assert live.read_bytes() in (OLD, NEW)
         assert our_temps(live) == []
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # ours is restored
+
+
+def test_handlers_are_restored_after_a_rewrite(live: Path) -> None:
+    rewrite_file(live, toggle, mountd_statedir=live.parent, timeout=5)
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    assert signal.getsignal(signal.SIGHUP) is signal.SIG_DFL
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_signal_held_back_is_raised_when_the_step_is_done() -> None:
+    steps: list[str] = []
+    with sf._signals_raise():
+        try:
+            with sf._uninterrupted():
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(0.05)  # delivered now, it would raise here
+                steps.append("step done")
+            steps.append("not raised")
+        except SignalReceived as exc:
+            steps.append(f"raised {exc.signum} {exc.replaced}")
+    assert steps == ["step done", f"raised {int(signal.SIGTERM)} None"]
+
+
+def test_a_signal_after_the_rename_says_the_file_was_replaced(live: Path) -> None:
+    """SIGTERM while the rewrite waits to restamp the mtime: the rmtab is already new."""
+
+    def two_rewrites_in_one_second() -> object:
+        now = time.time()
+        if now - int(now) > 0.3:  # start early in a second: the wait below is long
+            time.sleep(int(now) + 1.01 - now)
+        rewrite_file(live, toggle, mountd_statedir=live.parent, timeout=5)  # OLD -> NEW
+        # The second rewrite shares the first one's mtime second: it renames at
+        # once, then sleeps into the next second to restamp (0.6 s or more here).
+        timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGTERM))
+        timer.start()
+        try:
+            report = rewrite_file(live, toggle, mountd_statedir=live.parent, timeout=5)
+        except SignalReceived as exc:
+            return (exc.signum, str(exc.replaced))
+        finally:
+            timer.cancel()
+        return f"not interrupted (waited {report.mtime_wait_seconds:.3f} s)"
+
+    code, value = in_child(two_rewrites_in_one_second)
+    assert code == 0
+    assert value == (signal.SIGTERM, str(live))
+    assert live.read_bytes() == OLD  # NEW replaced by OLD, complete
+    assert our_temps(live) == []
 
 
 # ------------------------------------------------------------------ full disk
