@@ -22,7 +22,8 @@ import io
 import os
 import stat
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from types import MappingProxyType
 from typing import TYPE_CHECKING, BinaryIO, Optional, Union
 
 from .entry import (
@@ -147,6 +148,10 @@ class Table:
         trusted = Entry._trusted
         for (client, path), count in self._counts.items():
             yield trusted(client, path, count)
+
+    def counts(self) -> Mapping[Key, int]:
+        """A read-only view ``{(client, path): count}`` in table order (no Entry objects)."""
+        return MappingProxyType(self._counts)
 
     def __len__(self) -> int:
         return len(self._counts)
