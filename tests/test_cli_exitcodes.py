@@ -15,7 +15,6 @@ import ctypes
 import json
 import os
 import resource
-import shutil
 import signal
 import subprocess
 import sys
@@ -25,6 +24,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Callable, Optional
 
+import cliutil
 import pytest
 
 CLEAN = (
@@ -53,25 +53,13 @@ BLOAT_TWO = (
 )
 
 
-def rmtabtool_command() -> list[str]:
-    """The installed console script next to this interpreter, else on PATH, else -m."""
-    beside = Path(sys.executable).with_name("rmtabtool")
-    if beside.exists():
-        return [str(beside)]
-    found = shutil.which("rmtabtool")
-    if found:
-        return [found]
-    return [sys.executable, "-m", "rmtabtool"]
-
-
 def clean_env(**extra: str) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("RMTABTOOL_RMTAB", "RMTABTOOL_DEBUG") and not k.startswith("PYTEST")
-    }
-    env.update(TERM="dumb", PYTHONDONTWRITEBYTECODE="1", **extra)
-    return env
+    return cliutil.clean_env(
+        drop=("RMTABTOOL_RMTAB", "RMTABTOOL_DEBUG"),
+        drop_prefixes=("PYTEST",),
+        PYTHONDONTWRITEBYTECODE="1",
+        **extra,
+    )
 
 
 def run(
@@ -81,15 +69,13 @@ def run(
     preexec_fn: Optional[Callable[[], None]] = None,
     argv0: Optional[Sequence[str]] = None,
 ) -> subprocess.CompletedProcess[bytes]:
-    cmd = [*(argv0 if argv0 is not None else rmtabtool_command()), *map(str, args)]
-    return subprocess.run(
-        cmd,
-        input=stdin,
-        capture_output=True,
+    return cliutil.run(
+        *args,
+        argv0=argv0,
+        stdin=stdin,
         env=env if env is not None else clean_env(),
         preexec_fn=preexec_fn,
-        check=False,
-        timeout=60,
+        fail_on_hang=False,
     )
 
 

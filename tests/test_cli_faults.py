@@ -51,7 +51,9 @@ from functools import cache
 from pathlib import Path
 from typing import Callable, Optional
 
+import cliutil
 import pytest
+from cliutil import rmtabtool_command
 
 from rmtabtool.safefile import temp_name_pattern
 
@@ -65,22 +67,10 @@ KILL_WORKERS = 2
 # ---------------------------------------------------------------- running the command
 
 
-@cache
-def rmtabtool_command() -> tuple[str, ...]:
-    """The installed console script next to this interpreter, else on PATH, else -m."""
-    beside = Path(sys.executable).with_name("rmtabtool")
-    if beside.exists():
-        return (str(beside),)
-    found = shutil.which("rmtabtool")
-    return (found,) if found else (sys.executable, "-m", "rmtabtool")
-
-
 def clean_env() -> dict[str, str]:
-    env = {
-        k: v for k, v in os.environ.items() if not k.startswith(("RMTABTOOL_", "PYTEST", "COV_"))
-    }
-    env.update(TERM="dumb", PYTHONDONTWRITEBYTECODE="1", NO_COLOR="1")
-    return env
+    return cliutil.clean_env(
+        drop_prefixes=("RMTABTOOL_", "PYTEST", "COV_"), PYTHONDONTWRITEBYTECODE="1", NO_COLOR="1"
+    )
 
 
 def run(
@@ -91,18 +81,9 @@ def run(
     timeout: float = 60,
 ) -> subprocess.CompletedProcess[bytes]:
     """Run the installed command; a hang is a test failure, not a stuck suite."""
-    cmd = [*prefix, *rmtabtool_command(), *args]
-    try:
-        return subprocess.run(
-            cmd,
-            capture_output=True,
-            env=clean_env(),
-            preexec_fn=preexec_fn,
-            check=False,
-            timeout=timeout,
-        )
-    except subprocess.TimeoutExpired:
-        pytest.fail(f"rmtabtool hung for {timeout:g}s: {' '.join(cmd)}")
+    return cliutil.run(
+        *args, prefix=prefix, env=clean_env(), preexec_fn=preexec_fn, timeout=timeout
+    )
 
 
 def one_error_line(stderr: bytes) -> str:

@@ -6,38 +6,16 @@ merge --into reading its own file twice (double-counted rejects).
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
+import cliutil
 import pytest
 
 
-def rmtabtool_command() -> list[str]:
-    beside = Path(sys.executable).with_name("rmtabtool")
-    if beside.exists():
-        return [str(beside)]
-    found = shutil.which("rmtabtool")
-    return [found] if found else [sys.executable, "-m", "rmtabtool"]
-
-
 def run_json(*args: str | Path) -> dict[str, Any]:
-    env = {k: v for k, v in os.environ.items() if k != "RMTABTOOL_RMTAB"}
-    env["TERM"] = "dumb"
-    proc = subprocess.run(
-        [*rmtabtool_command(), *map(str, args), "--json"],
-        capture_output=True,
-        env=env,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr
-    result = json.loads(proc.stdout)
-    assert isinstance(result, dict)
-    return result
+    env = cliutil.clean_env(drop=("RMTABTOOL_RMTAB",), drop_prefixes=())
+    return cliutil.run_json(*args, env=env, timeout=None)
 
 
 @pytest.mark.parametrize("how", [["-o", "{f}"], ["--into", "{f}"]], ids=["-o F", "--into F"])

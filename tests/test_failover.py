@@ -15,18 +15,16 @@ the doubling of the 2012 seed incident and the duplicates ``sort -u`` keeps.
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import re
-import shutil
 import subprocess
-import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import cliutil
 import pytest
 
 Key = tuple[bytes, bytes]
@@ -51,32 +49,10 @@ SUBDIRS = (b"", b"/sub", b"/sub/deep", b"/other-sub")
 OTHER_EXPORT = b"/srv/other-export"
 
 
-def rmtabtool_command() -> list[str]:
-    """The installed console script next to this interpreter, else on PATH, else -m."""
-    beside = Path(sys.executable).with_name("rmtabtool")
-    if beside.exists():
-        return [str(beside)]
-    found = shutil.which("rmtabtool")
-    if found:
-        return [found]
-    return [sys.executable, "-m", "rmtabtool"]
-
-
 def rmtabtool(*args: str | Path) -> dict[str, Any]:
     """Run the installed command with --json; it must succeed with one JSON object."""
-    env = {k: v for k, v in os.environ.items() if k != "RMTABTOOL_RMTAB"}
-    env["TERM"] = "dumb"
-    proc = subprocess.run(
-        [*rmtabtool_command(), *map(str, args), "--json"],
-        capture_output=True,
-        env=env,
-        check=False,
-        timeout=60,
-    )
-    assert proc.returncode == 0, (args, proc.returncode, proc.stdout, proc.stderr)
-    result = json.loads(proc.stdout)
-    assert isinstance(result, dict)
-    return result
+    env = cliutil.clean_env(drop=("RMTABTOOL_RMTAB",), drop_prefixes=())
+    return cliutil.run_json(*args, env=env, timeout=60)
 
 
 # ---------------------------------------------------------------- rpc.mountd, as a model

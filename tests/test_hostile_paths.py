@@ -32,13 +32,13 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import shutil
 import stat
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import cliutil
 import pytest
 
 from rmtabtool.locking import tool_lock_path
@@ -49,25 +49,9 @@ IS_ROOT = os.geteuid() == 0
 needs_root = pytest.mark.skipif(not IS_ROOT, reason="needs root to own files as another user")
 
 
-def rmtabtool_command() -> list[str]:
-    """The installed console script next to this interpreter, else on PATH, else -m."""
-    beside = Path(sys.executable).with_name("rmtabtool")
-    if beside.exists():
-        return [str(beside)]
-    found = shutil.which("rmtabtool")
-    return [found] if found else [sys.executable, "-m", "rmtabtool"]
-
-
 def run(*args: str | Path, timeout: float = 60) -> subprocess.CompletedProcess[bytes]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RMTABTOOL_", "PYTEST"))}
-    env.update(TERM="dumb", PYTHONDONTWRITEBYTECODE="1")
-    return subprocess.run(
-        [*rmtabtool_command(), *map(str, args)],
-        capture_output=True,
-        env=env,
-        check=False,
-        timeout=timeout,
-    )
+    env = cliutil.clean_env(PYTHONDONTWRITEBYTECODE="1")
+    return cliutil.run(*args, env=env, timeout=timeout, fail_on_hang=False)
 
 
 def filelock_version() -> tuple[int, ...]:

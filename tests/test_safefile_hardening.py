@@ -11,35 +11,19 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
+import cliutil
 import pytest
 
 IS_ROOT = os.geteuid() == 0
 
 
-def rmtabtool_command() -> list[str]:
-    beside = Path(sys.executable).with_name("rmtabtool")
-    if beside.exists():
-        return [str(beside)]
-    found = shutil.which("rmtabtool")
-    return [found] if found else [sys.executable, "-m", "rmtabtool"]
-
-
-def run(
-    *args: str | Path,
-    prefix: tuple[str, ...] = (),
-    timeout: float = 20,
-) -> subprocess.CompletedProcess[bytes]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RMTABTOOL_", "PYTEST"))}
-    env["TERM"] = "dumb"
-    cmd = [*prefix, *rmtabtool_command(), *map(str, args)]
-    try:
-        return subprocess.run(cmd, capture_output=True, env=env, check=False, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        pytest.fail(f"hung for {timeout:g}s: {' '.join(cmd)}")
+#: the installed command, without RMTABTOOL_* and PYTEST* in its environment; a run
+#: over 20 s fails the test instead of hanging the suite
+run = partial(cliutil.run, timeout=20)
 
 
 # ------------------------------------------------------------ read-only statedir, pure reads

@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import json
 import os
 import resource
 import select
@@ -49,12 +48,12 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any, Optional
 
+import cliutil
 import pytest
 
 from .mountproto import MOUNT_PROGRAM, PMAP_PORT, PMAP_PROGRAM, MountClient, getport, in_netns
@@ -498,34 +497,17 @@ def mountd_mnt(tmp_path: Path) -> Iterator[Mountd]:
 # -- the installed rmtabtool command ------------------------------------------------
 
 
-def rmtabtool_command() -> list[str]:
-    """argv of the INSTALLED ``rmtabtool`` console script (the one beside this Python)."""
-    beside = Path(sys.executable).with_name("rmtabtool")
-    if beside.exists():
-        return [str(beside)]
-    found = shutil.which("rmtabtool")
-    if found is None:
-        pytest.fail("the rmtabtool command is not installed (pip install -e .)", pytrace=False)
-    return [found]
+def rmtabtool_command() -> tuple[str, ...]:
+    """argv of the INSTALLED ``rmtabtool`` console script (the one beside this Python);
+    not installed at all fails the test (no ``python -m`` fallback)."""
+    return cliutil.rmtabtool_command(installed_only=True)
 
 
 def rmtabtool_env() -> dict[str, str]:
     """The environment for rmtabtool runs: no colour, no escape codes, no RMTABTOOL_RMTAB."""
-    env = {k: v for k, v in os.environ.items() if k != "RMTABTOOL_RMTAB"}
-    env.update(TERM="dumb", NO_COLOR="1")
-    return env
+    return cliutil.clean_env(drop=("RMTABTOOL_RMTAB",), drop_prefixes=(), NO_COLOR="1")
 
 
 def run_rmtabtool(*args: str, timeout: float = 60.0) -> dict[str, Any]:
     """Run ``rmtabtool ARGS --json``; it must exit 0. Returns its one JSON object."""
-    argv = [*rmtabtool_command(), *args, "--json"]
-    proc = subprocess.run(
-        argv, capture_output=True, timeout=timeout, env=rmtabtool_env(), check=False
-    )
-    if proc.returncode != 0:
-        raise AssertionError(
-            f"{' '.join(argv)} exited {proc.returncode}:\n{proc.stderr.decode(errors='replace')}"
-        )
-    result = json.loads(proc.stdout)
-    assert isinstance(result, dict), proc.stdout
-    return result
+    return cliutil.run_json(*args, argv0=rmtabtool_command(), env=rmtabtool_env(), timeout=timeout)
