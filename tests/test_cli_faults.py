@@ -457,6 +457,15 @@ def _wait_for_temp(
     return None
 
 
+def _wait_for_open(proc: subprocess.Popen[bytes], paths: set[str], limit: float) -> None:
+    """Poll until the process has one of ``paths`` open (or ends)."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline and proc.poll() is None:
+        if open_files(proc.pid) & paths:
+            return
+        time.sleep(0.0002)
+
+
 def _temp_lifetime(proc: subprocess.Popen[bytes], target: Path) -> float:
     """Seconds from the temp file's creation to its rename (polled)."""
     appeared = _wait_for_temp(proc, target, set(), 60)
@@ -504,11 +513,14 @@ def kill_trials(case: Case, root: Path, trials: int, seed: int) -> KillStats:
         before = tree(root)
         known = temps_of(target)
         proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
-        if trial % 2 == 0:  # anywhere once the command started: mostly reading
+        mode = trial % 3
+        if mode == 0:  # anywhere once the command started: mostly reading
             time.sleep(rng.uniform(lo, full * 0.95))
-        else:  # while the temp file exists: writing, fsync, locking, renaming
+        elif mode == 1:  # while the temp file exists: writing, fsync, locking, renaming
             _wait_for_temp(proc, target, known, 60)
-            time.sleep(rng.uniform(0, window * 1.5))
+            time.sleep(rng.uniform(0, window * 2))
+        else:  # the moment an input is seen open: reading (timing-independent)
+            _wait_for_open(proc, read_paths, 60)
         doing = syscall_of(proc.pid)
         reading = bool(open_files(proc.pid) & read_paths)
         proc.send_signal(signal.SIGKILL)
