@@ -340,26 +340,49 @@ class MountdLock:
 
 
 def _shared_directory(directory: Path) -> bool:
-    """Can users other than ``directory``'s owner create names in it?"""
+    """Can anyone but us and root create (or swap) names in ``directory``?
+
+    Its group or everybody may write in it, or it belongs to another user (who
+    can always write in it).
+    """
     try:
         st = os.stat(directory)
     except OSError:
         return False  # reported by whoever needs it
+    if st.st_uid not in (os.geteuid(), 0):
+        return True
     return bool(st.st_mode & (stat.S_IWGRP | stat.S_IWOTH))
+
+
+def _only_root_writes(directory: Path) -> bool:
+    try:
+        st = os.lstat(directory)
+    except OSError:
+        return False
+    return (
+        stat.S_ISDIR(st.st_mode)
+        and st.st_uid == 0
+        and not st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+    )
 
 
 def _private_lock_directory() -> Path:
     """A directory only we can write in, on this node, for locks of shared directories.
 
-    Root: ``/run/lock/rmtabtool``; others: ``$XDG_RUNTIME_DIR/rmtabtool``, else
-    ``<tempdir>/rmtabtool-<euid>``. Created 0700; an existing one must be a real
-    directory (not a symbolic link), ours, writable by nobody else.
+    Root: ``/run/rmtabtool`` (only root can create names in ``/run``; not
+    ``/run/lock``, which is 1777: any user could create ``/run/lock/rmtabtool``
+    first and make every backup fail), else ``/run/lock/rmtabtool``; others:
+    ``$XDG_RUNTIME_DIR/rmtabtool``, else ``<tempdir>/rmtabtool-<euid>``. Created
+    0700; an existing one must be a real directory (not a symbolic link), ours,
+    writable by nobody else.
     """
     import tempfile  # 6 ms of start-up, for gettempdir() alone
 
     euid = os.geteuid()
     candidates: list[Path] = []
     if euid == 0:
+        if _only_root_writes(Path("/run")):
+            candidates.append(Path("/run/rmtabtool"))
         candidates.append(Path("/run/lock/rmtabtool"))
     runtime = os.environ.get("XDG_RUNTIME_DIR")
     if runtime and os.path.isabs(runtime):
@@ -395,8 +418,8 @@ def tool_lock_path(target: Path) -> Path:
     """Where the :class:`ToolLock` of ``target`` lives.
 
     Beside the target (``<dir>/.<name>.rmtabtool-lock``, one leading dot even for a
-    hidden name) when only the directory's owner can create names there, like the
-    state directory. In a directory others can write in (an export, often 1777 or
+    hidden name) when only we or root can create names there, like the state
+    directory. In a directory others can write in (an export, often 1777 or
     0777), a predictable name would let them plant a link or hold the lock: the
     lock then lives in a private per-node directory (see
     :func:`_private_lock_directory`, created here if missing), named after a hash

@@ -188,8 +188,8 @@ def resolve_target(path: StrPath) -> Path:
     Like mountd, a symlinked rmtab is not replaced by a regular file: its final
     target is. Relative link targets are taken relative to the link's directory
     (mountd resolves them from its working directory, which is a bug). A missing
-    final target is returned as is (it will be created). A link another user
-    planted in a world-writable directory is refused (see _check_link_owner).
+    final target is returned as is (it will be created). A link that belongs to
+    another user (neither us nor root) is refused (see _check_link_owner).
     The directory part comes back canonical, so every spelling of one file gives
     one path (and one lock).
     """
@@ -215,31 +215,27 @@ def resolve_target(path: StrPath) -> Path:
 
 
 def _check_link_owner(link: str, st: os.stat_result) -> None:
-    """The kernel's fs.protected_symlinks rule, applied to the links we follow ourselves.
+    """Follow a symbolic link on the way to a file we replace only when it is ours or root's.
 
-    In a directory everybody can write in (an export directory holding a backup,
-    often 1777 or 0777), a link is followed only when it belongs to us or to the
-    directory's owner: otherwise any user could point root's next write at any
-    file (``EXPORT/.rmtab -> /etc/passwd``). resolve_target follows links by hand
-    and renames into the final target's directory, so the kernel's own check
-    never runs. (Links made by root, like a symlinked live rmtab in a root-owned
-    statedir, are followed as rpc.mountd follows them.)
+    Whoever owns a link chooses which file the next rewrite replaces. A user who
+    can create names in an export directory (it is theirs, or it is writable by
+    their group or by everybody) could otherwise point root's next ``backup``
+    (the resource agent's monitor, every 10 s) at any file root can write
+    (``EXPORT/.rmtab -> /etc/shadow``). resolve_target follows links by hand and
+    renames into the final target's directory, so the kernel's
+    fs.protected_symlinks never runs, and it would not cover a directory owned
+    by that user or writable through a group anyway. Links made by root, like a
+    symlinked live rmtab or a backup kept on shared storage, are followed as
+    rpc.mountd follows them; a user running rmtabtool follows their own links.
     """
-    parent = os.path.dirname(link) or "."
-    try:
-        dst = os.stat(parent)
-    except OSError:
-        return
-    if not dst.st_mode & stat.S_IWOTH:
-        return
     euid = os.geteuid()
-    if st.st_uid in (euid, dst.st_uid):
+    if st.st_uid in (euid, 0):
         return
+    trusted = "root" if euid == 0 else f"uid {euid} or root"
     raise errors.PermissionDenied(
         f"refusing to follow the symbolic link {link}: it belongs to uid {st.st_uid}, "
-        f"neither to uid {euid} nor to the owner of {parent} (uid {dst.st_uid}), a "
-        "directory everybody can write in (the rule of fs.protected_symlinks); nothing "
-        "was written: remove the link"
+        f"not to {trusted}, so that user would choose which file is replaced; nothing "
+        "was written: remove the link (or make it as root)"
     )
 
 

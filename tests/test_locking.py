@@ -339,6 +339,24 @@ def test_tool_lock_of_a_target_in_a_directory_others_write_is_private(
     assert [n for n in os.listdir(shared) if "rmtabtool-lock" in n] == []
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give a directory away")
+def test_tool_lock_of_a_target_in_another_users_directory_is_private(tmp_path: Path) -> None:
+    # 0755 but not ours: its owner could swap a link in at the lock's name
+    # between our O_NOFOLLOW check and filelock's own open.
+    theirs = tmp_path / "export"
+    theirs.mkdir()
+    os.chmod(theirs, 0o755)
+    os.chown(theirs, 1000, 1000)
+    lock = tool_lock_path(theirs / ".rmtab")
+    assert lock.parent != theirs
+    with ToolLock(theirs / ".rmtab", 1):
+        assert lock.is_file()
+    assert [n for n in os.listdir(theirs) if "rmtabtool-lock" in n] == []
+    # root's own 0755 directory keeps the lock beside the target
+    os.chown(theirs, 0, 0)
+    assert tool_lock_path(theirs / ".rmtab").parent == theirs
+
+
 def test_a_symlink_at_the_lock_file_name_is_refused_not_followed(tmp_path: Path) -> None:
     os.chmod(tmp_path, 0o755)
     victim = tmp_path / "victim"

@@ -2,8 +2,8 @@
 
 * pure reads of a live rmtab whose state directory is on a read-only filesystem
   (opening ``.rmtab.lock`` O_CREAT fails with EROFS) read without the lock;
-* a symlink planted by another user in a world-writable directory is not followed
-  by root (the kernel's fs.protected_symlinks rule, applied by rmtabtool itself).
+* a symlink that belongs to another user (neither root nor the caller) is not
+  followed by root, wherever it is (stricter than the kernel's fs.protected_symlinks).
 """
 
 from __future__ import annotations
@@ -90,9 +90,8 @@ def test_backup_refuses_a_symlink_planted_by_another_user_in_a_world_writable_di
 
     rmtabtool resolves the link itself (safefile.resolve_target) and renames into
     the link target's directory, so the kernel's fs.protected_symlinks never
-    runs: rmtabtool applies its rule itself -- in a world-writable directory a
-    link is followed only when it is ours or the directory owner's (exit 77,
-    one line naming the link, nothing written).
+    runs: rmtabtool applies its own rule -- a link is followed only when it is
+    ours or root's (exit 77, one line naming the link, nothing written).
     """
     export = tmp_path / "export"
     export.mkdir()
@@ -115,19 +114,52 @@ def test_backup_refuses_a_symlink_planted_by_another_user_in_a_world_writable_di
 
 
 @pytest.mark.skipif(not IS_ROOT, reason="needs root to own a link as another user")
-def test_a_link_by_the_directory_owner_in_a_world_writable_dir_is_followed(
-    tmp_path: Path,
+@pytest.mark.parametrize(
+    ("mode", "dir_owner"),
+    [
+        (0o1777, 1000),  # world-writable, the link made by the directory's owner
+        (0o755, 1000),  # a user's own export directory (0755 alice)
+        (0o2775, 0),  # group-writable (2775 root:projects), a group member's link
+    ],
+    ids=["1777-owner", "0755-user", "2775-group"],
+)
+def test_a_link_by_any_other_user_is_refused_wherever_it_is(
+    tmp_path: Path, mode: int, dir_owner: int
 ) -> None:
-    """The rule of fs.protected_symlinks: the directory's owner may link."""
+    """Whoever owns the link would choose what root's backup replaces: only links
+    made by root (or by the user running rmtabtool) are followed. Stricter than
+    fs.protected_symlinks, which trusts the directory's owner and ignores
+    group-writable directories."""
+    export = tmp_path / "export"
+    export.mkdir()
+    os.chown(export, dir_owner, 1000)
+    os.chmod(export, mode)
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"root:x:0:0\n")
+    link = export / ".rmtab"
+    link.symlink_to(victim)
+    os.lchown(link, 1000, 1000)
+    live = tmp_path / "rmtab"
+    live.write_bytes(b"10.0.0.1:%s:0x00000001\n" % os.fsencode(export))
+    proc = run("backup", export, "--rmtab", live)
+    assert proc.returncode == 77, proc.stderr
+    assert victim.read_bytes() == b"root:x:0:0\n", "written through the link"
+    assert str(link) in proc.stderr.decode()
+    assert link.is_symlink()
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="needs root")
+@pytest.mark.parametrize("mode", [0o1777, 0o755])
+def test_a_link_made_by_root_is_followed(tmp_path: Path, mode: int) -> None:
+    """An admin keeps the backup on shared storage: ``ln -s /shared/x.rmtab EXPORT/.rmtab``."""
     export = tmp_path / "export"
     export.mkdir()
     os.chown(export, 1000, 1000)
-    os.chmod(export, 0o1777)
+    os.chmod(export, mode)
     stored = tmp_path / "stored"
     stored.write_bytes(b"")
     link = export / ".rmtab"
     link.symlink_to(stored)
-    os.lchown(link, 1000, 1000)
     live = tmp_path / "rmtab"
     line = b"10.0.0.1:%s:0x00000001\n" % os.fsencode(export)
     live.write_bytes(line)
