@@ -15,6 +15,7 @@ from typing import Union
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from reader_oracle import figures, naive_read
 
 from rmtabtool import (
     MAX_CLIENT,
@@ -24,8 +25,6 @@ from rmtabtool import (
     Entry,
     ReadResult,
     Rejected,
-    RejectedLine,
-    Table,
     format_entry,
     parse_line,
     read_bytes,
@@ -243,43 +242,8 @@ def test_fast_path_is_taken_for_mountds_own_lines() -> None:
 
 
 def reference_read(data: bytes) -> ReadResult:
-    """One line at a time with the full parser and stops_mountd on every line."""
-    result = ReadResult()
-    lines = data.split(b"\n")
-    missing = lines[-1] != b""
-    if not missing:
-        lines.pop()
-    first: set[bytes] = set()
-    rejected: dict[bytes, RejectedLine] = {}
-    table = Table()
-    for number, line in enumerate(lines, 1):
-        if line not in first:
-            first.add(line)
-            terminated = not (missing and number == len(lines))
-            if result.mountd_stops_at_line is None and stops_mountd(line, terminated=terminated):
-                result.mountd_stops_at_line = number
-            parsed = _parse_full(line)
-            if isinstance(parsed, Rejected):
-                rejected[line] = RejectedLine(parsed.line, parsed.reason, number, 0)
-                result.rejected.append(rejected[line])
-            else:
-                table.add(parsed)
-        if line in rejected:
-            rejected[line].occurrences += 1
-    result.table = table
-    result.lines = len(lines)
-    result.missing_final_newline = missing
-    return result
-
-
-def figures(result: ReadResult) -> tuple[object, ...]:
-    return (
-        [(e.client, e.path, e.count) for e in result.table],
-        result.lines,
-        [(r.line, r.reason, r.first_line, r.occurrences) for r in result.rejected],
-        result.mountd_stops_at_line,
-        result.missing_final_newline,
-    )
+    """One line at a time with the full parser (no fast path) and stops_mountd on every line."""
+    return naive_read(data, parse=_parse_full)
 
 
 file_lines = st.lists(canonical_looking().map(lambda b: b.rstrip(b"\n")), max_size=40)

@@ -27,8 +27,10 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from reader_oracle import figures
+from reader_oracle import naive_read as naive
 
-from rmtabtool import ReadResult, Rejected, RejectedLine, Table, parse_line, stops_mountd
+from rmtabtool import ReadResult
 from rmtabtool import table as table_mod
 from rmtabtool.table import PARALLEL_THRESHOLD, auto_jobs, read_table
 
@@ -58,51 +60,6 @@ def generated(size: int, seed: int) -> bytes:
 
 
 # ---------------------------------------------------------------- the specification
-
-
-def naive(data: bytes) -> ReadResult:
-    """Every line split and parsed, one by one: what read_table must report."""
-    result = ReadResult()
-    lines = data.split(b"\n")
-    missing = lines[-1] != b""
-    if not missing:
-        lines.pop()
-    first: set[bytes] = set()
-    rejected: dict[bytes, RejectedLine] = {}
-    table = Table()
-    for number, line in enumerate(lines, 1):
-        if line not in first:
-            first.add(line)
-            terminated = not (missing and number == len(lines))
-            if result.mountd_stops_at_line is None and stops_mountd(line, terminated=terminated):
-                result.mountd_stops_at_line = number
-            parsed = parse_line(line)
-            if isinstance(parsed, Rejected):
-                rejected[line] = RejectedLine(parsed.line, parsed.reason, number, 0)
-                result.rejected.append(rejected[line])
-            else:
-                table.add(parsed)
-        if line in rejected:
-            rejected[line].occurrences += 1
-    result.table = table
-    result.lines = len(lines)
-    result.distinct_lines = len(first)
-    result.missing_final_newline = missing
-    result.bytes_read = len(data)
-    return result
-
-
-def figures(result: ReadResult) -> tuple[Any, ...]:
-    """Everything a ReadResult reports, order included."""
-    return (
-        list(result.table),
-        result.lines,
-        result.distinct_lines,
-        [(r.line, r.reason, r.first_line, r.occurrences) for r in result.rejected],
-        result.mountd_stops_at_line,
-        result.missing_final_newline,
-        result.bytes_read,
-    )
 
 
 #: thresholds small enough that a few-KB input takes the repeat path
