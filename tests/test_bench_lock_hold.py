@@ -7,12 +7,10 @@ under-traffic correctness check passes on a real run and fails on a lost op.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
+from scripts import load_script
 
 from rmtabtool import format_entry
 
@@ -20,17 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "benchmarks" / "lock_hold.py"
 
 
-def load_bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("rmtab_bench_lock_hold", SCRIPT)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("rmtab_bench_lock_hold", module)
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = load_bench()
+bench = load_script("benchmarks/lock_hold.py", "rmtab_bench_lock_hold")
 
 
 def is_duration(value: object) -> bool:

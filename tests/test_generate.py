@@ -7,16 +7,15 @@ feature of the 2012 incident, and collapsing (via read_table) to a small set.
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import re
 import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
-from types import ModuleType
 
 import pytest
+from scripts import load_script
 
 from rmtabtool import read_table
 
@@ -26,17 +25,7 @@ KIB = 1024
 MIB = 1024 * KIB
 
 
-def load_generator() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("rmtab_generate", SCRIPT)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("rmtab_generate", module)
-    spec.loader.exec_module(module)
-    return module
-
-
-gen = load_generator()
+gen = load_script("benchmarks/generate.py", "rmtab_generate")
 
 
 def make(size: int, seed: int = 1) -> bytes:

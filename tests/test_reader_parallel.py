@@ -13,15 +13,12 @@ line, first-seen order) and against each other:
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import os
-import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
@@ -29,6 +26,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from reader_oracle import figures
 from reader_oracle import naive_read as naive
+from scripts import load_script
 
 from rmtabtool import ReadResult
 from rmtabtool import table as table_mod
@@ -40,17 +38,7 @@ FORK = "fork" in __import__("multiprocessing").get_all_start_methods()
 needs_fork = pytest.mark.skipif(not FORK, reason="no fork start method [ci-ok]")
 
 
-def load_generator() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("rmtab_generate", ROOT / "benchmarks/generate.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("rmtab_generate", module)
-    spec.loader.exec_module(module)
-    return module
-
-
-generate = load_generator()
+generate = load_script("benchmarks/generate.py", "rmtab_generate")
 
 
 def generated(size: int, seed: int) -> bytes:
