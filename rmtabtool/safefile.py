@@ -1028,8 +1028,24 @@ class SignalReceived(KeyboardInterrupt):
         self.replaced: Optional[Path] = None
 
 
+#: Signals our handler took during the current rewrite and whose exception has
+#: not (yet) reached rewrite_file. Python runs a signal handler wherever the
+#: interpreter is, including inside a finalizer (a generator closed by the
+#: garbage collector, a ``__del__``); an exception raised there is printed as
+#: "Exception ignored" and dropped, and the SIGTERM with it. What is recorded
+#: here is raised again at the next checkpoint (:func:`_check_signals`).
+_received: list[int] = []
+
+
 def _raise_signal(signum: int, frame: Optional[FrameType]) -> None:
+    _received.append(signum)
     raise SignalReceived(signum)
+
+
+def _check_signals() -> None:
+    """Raise a signal whose exception was swallowed (see ``_received``)."""
+    if _received:
+        raise SignalReceived(_received[0])
 
 
 @contextlib.contextmanager
@@ -1046,16 +1062,25 @@ def _signals_raise() -> Iterator[None]:
             (signal.SIGHUP, signal.SIG_DFL),
             (signal.SIGINT, signal.default_int_handler),
         )
-        for sig, default in defaults:
-            previous = signal.getsignal(sig)
-            if previous is default:
-                signal.signal(sig, _raise_signal)
-                installed.append((sig, previous))
+        with _uninterrupted():  # no signal between two dispositions
+            for sig, default in defaults:
+                previous = signal.getsignal(sig)
+                if previous is default:
+                    signal.signal(sig, _raise_signal)
+                    installed.append((sig, previous))
+    _received.clear()
     try:
         yield
+        _check_signals()
+    except SignalReceived:
+        _received.clear()  # this one is on its way out
+        raise
     finally:
-        for sig, previous in installed:
-            signal.signal(sig, previous)
+        with _uninterrupted():
+            # a signal still pending meets the restored disposition (SIG_DFL:
+            # the default action) once the block ends
+            for sig, previous in installed:
+                signal.signal(sig, previous)
 
 
 def rewrite_file(
@@ -1107,6 +1132,7 @@ def rewrite_file(
                 _rewrite_locked(
                     path, build, mountd_statedir, timeout, before_commit, report, progress
                 )
+                _check_signals()  # one whose exception a finalizer swallowed
             except SignalReceived as exc:
                 if report.changed:
                     exc.replaced = path
@@ -1115,6 +1141,7 @@ def rewrite_file(
 
 
 def _backoff(retry: int) -> None:
+    _check_signals()
     import secrets
 
     time.sleep(secrets.randbelow(min(1000 << retry, _BACKOFF_MAX_US) + 1) / 1_000_000)
@@ -1154,6 +1181,7 @@ def _rewrite_locked(
     keep_old: list[Optional[int]] = []  # see _open_old
     try:
         while True:
+            _check_signals()
             out = _Output(path, snap, dry_run=False)
             try:
                 _stream(build, snap, out)
@@ -1176,6 +1204,7 @@ def _rewrite_locked(
                 if unchanged:
                     if before_commit is not None:
                         before_commit(snap.result if snap is not None else None)
+                    _check_signals()  # last chance before the rename
                     shares_second = snap is not None and _same_second(writer, snap)
                     with _uninterrupted():  # a replaced file is always reported as such
                         writer.replace()
@@ -1241,6 +1270,7 @@ def _restamp(path: Path, second: int, mountd: MountdLock, report: RewriteReport)
     start = time.monotonic()
     while True:
         _sleep_past_second(second)
+        _check_signals()
         try:
             mountd.acquire()
         except errors.RmtabError:
