@@ -73,7 +73,13 @@ def test_sigterm_to_the_installed_command_leaves_old_or_new_and_no_temp(tmp_path
     for _ in range(20):
         live.write_bytes(old)
         proc = subprocess.Popen(
-            args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=clean_env()
+            args,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            env=clean_env(),
+            # as from an interactive shell, even when the tests run where SIGTERM
+            # is ignored (an ignored signal stays ignored across exec)
+            preexec_fn=lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL),
         )
         time.sleep(rng.uniform(0, full))
         proc.send_signal(signal.SIGTERM)

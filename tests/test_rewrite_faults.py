@@ -64,6 +64,12 @@ def live(tmp_path: Path) -> Path:
     return target
 
 
+def _default_dispositions() -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def _rewrite_forever(target: Path, ready: int, mode: str = "fast") -> NoReturn:
     """The child: rewrite OLD <-> NEW until killed.
 
@@ -75,6 +81,10 @@ def _rewrite_forever(target: Path, ready: int, mode: str = "fast") -> NoReturn:
     mountd's lock held, just before the rename.
     """
     try:
+        # What a command started from a shell has; a test run in the background
+        # (SIGINT ignored) or under nohup (SIGHUP ignored) must not change it:
+        # rmtabtool leaves an ignored signal ignored.
+        _default_dispositions()
         sf.MEMORY_OUTPUT_MAX = 4096  # stream through the temp file from the start
         os.write(ready, b"r")
 
@@ -211,23 +221,36 @@ def test_signals_at_random_moments_clean_up_at_once(live: Path) -> None:
 
 
 def test_handlers_are_restored_after_a_rewrite(live: Path) -> None:
-    rewrite_file(live, toggle, mountd_statedir=live.parent, timeout=5)
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
-    assert signal.getsignal(signal.SIGHUP) is signal.SIG_DFL
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    def after_a_rewrite(ignored: bool) -> object:
+        if ignored:  # as under nohup, or in a background job of a script
+            for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+                signal.signal(sig, signal.SIG_IGN)
+        else:
+            _default_dispositions()
+        before = [signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)]
+        rewrite_file(live, toggle, mountd_statedir=live.parent, timeout=5)
+        after = [signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)]
+        return after == before
+
+    assert in_child(lambda: after_a_rewrite(ignored=False)) == (0, True)
+    assert in_child(lambda: after_a_rewrite(ignored=True)) == (0, True)
 
 
 def test_a_signal_held_back_is_raised_when_the_step_is_done() -> None:
-    steps: list[str] = []
-    try:
-        with sf._signals_raise(), sf._uninterrupted():
-            os.kill(os.getpid(), signal.SIGTERM)
-            time.sleep(0.05)  # delivered now, it would raise here
-            steps.append("step done")
-        steps.append("not raised")
-    except SignalReceived as exc:
-        steps.append(f"raised {exc.signum} {exc.replaced}")
-    assert steps == ["step done", f"raised {int(signal.SIGTERM)} None"]
+    def hold_back() -> list[str]:
+        _default_dispositions()
+        steps: list[str] = []
+        try:
+            with sf._signals_raise(), sf._uninterrupted():
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(0.05)  # delivered now, it would raise here
+                steps.append("step done")
+            steps.append("not raised")
+        except SignalReceived as exc:
+            steps.append(f"raised {exc.signum} {exc.replaced}")
+        return steps
+
+    assert in_child(hold_back) == (0, ["step done", f"raised {int(signal.SIGTERM)} None"])
 
 
 def test_a_signal_whose_exception_a_finalizer_swallowed_still_stops_the_rewrite(
@@ -249,6 +272,7 @@ def test_a_signal_whose_exception_a_finalizer_swallowed_still_stops_the_rewrite(
         return toggle(snapshot)
 
     def run() -> object:
+        _default_dispositions()
         sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - the child's "Exception ignored"
         try:
             rewrite_file(live, build, mountd_statedir=live.parent, timeout=5)
@@ -267,6 +291,7 @@ def test_a_signal_after_the_rename_says_the_file_was_replaced(live: Path) -> Non
     """SIGTERM while the rewrite waits to restamp the mtime: the rmtab is already new."""
 
     def two_rewrites_in_one_second() -> object:
+        _default_dispositions()
         now = time.time()
         if now - int(now) > 0.3:  # start early in a second: the wait below is long
             time.sleep(int(now) + 1.01 - now)
