@@ -1068,12 +1068,14 @@ def _signals_raise() -> Iterator[None]:
                 if previous is default:
                     signal.signal(sig, _raise_signal)
                     installed.append((sig, previous))
-    _received.clear()
+    if installed:  # the main thread, where handlers run and record
+        _received.clear()
     try:
         yield
         _check_signals()
     except SignalReceived:
-        _received.clear()  # this one is on its way out
+        if installed:
+            _received.clear()  # this one is on its way out
         raise
     finally:
         with _uninterrupted():
