@@ -270,11 +270,10 @@ def _read_source(
             if progress is not None:
                 progress(name, st.st_size, st.st_size)
             return result
-        if progress is not None:
-            tell = progress
-            tell(name, 0, st.st_size)
-            counting = CountingReader(stream, lambda done: tell(name, done, st.st_size))
-            return read_table(counting)  # type: ignore[arg-type]
+        named = _named(name, progress)
+        if named is not None:
+            named(0, st.st_size)
+            return read_table(CountingReader(stream, st.st_size, named))  # type: ignore[arg-type]
         return read_table(stream)
     except OSError as exc:
         raise errors.from_oserror(exc, name, "read", reading=True) from exc

@@ -682,17 +682,18 @@ def _settle(path: Path) -> None:
 
 
 class CountingReader:
-    """A binary stream that reports how far it has been read: ``report(bytes_so_far)``."""
+    """A binary stream that reports how far it has been read: ``progress(done, total)``."""
 
-    def __init__(self, raw: BinaryIO, report: Callable[[int], None]) -> None:
+    def __init__(self, raw: BinaryIO, total: int, progress: ReadProgress) -> None:
         self._raw = raw
-        self._report = report
+        self._total = total
+        self._progress = progress
         self._done = 0
 
     def read(self, size: int = -1) -> bytes:
         data = self._raw.read(size)
         self._done += len(data)
-        self._report(self._done)
+        self._progress(self._done, self._total)
         return data
 
 
@@ -729,9 +730,7 @@ def _read_once(
                 content = _read_fd(fd)
                 result = read_bytes(content)
             elif progress is not None:
-                tell = progress  # bound for the lambda (mypy: not Optional)
-                counting = CountingReader(stream, lambda done: tell(done, size))
-                result = read_table(counting)  # type: ignore[arg-type]
+                result = read_table(CountingReader(stream, size, progress))  # type: ignore[arg-type]
             else:
                 result = read_table(stream)
             if progress is not None:
