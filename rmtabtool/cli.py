@@ -6,17 +6,19 @@ load it). stdout carries the data asked for; stderr carries warnings and the
 one-line errors. Exit codes come from :mod:`rmtabtool.errors` (docs/exit-codes.md).
 """
 
+import contextlib
+import importlib
 import os
 import re
 import sys
 import traceback
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Annotated, Any, Callable, List, NoReturn, Optional, TypeVar
 
 import typer
 
 from . import __version__, errors, operations
-from .operations import Live, StatsResult, WriteResult, show_bytes
+from .operations import Live, StatsResult, WriteResult, show_bytes, show_path
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -75,6 +77,7 @@ app = typer.Typer(
 
 class _State:
     debug = os.environ.get("RMTABTOOL_DEBUG", "") not in ("", "0")
+    stdout_failed = False
 
 
 # ---------------------------------------------------------------- shared options
@@ -85,9 +88,8 @@ RmtabOpt = Annotated[
         "--rmtab",
         envvar=operations.RMTAB_ENV,
         metavar="PATH",
-        help="The live rmtab (its directory is rpc.mountd's statedir). "
-        f"[default: ${operations.RMTAB_ENV} or {operations.DEFAULT_RMTAB}]",
-        show_default=False,
+        help="The live rmtab (its directory is rpc.mountd's statedir).",
+        show_default=operations.DEFAULT_RMTAB,
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print exactly one JSON object on stdout.")]
@@ -117,8 +119,8 @@ RejectsOpt = Annotated[
     typer.Option(
         "--rejects",
         metavar="PATH",
-        help="Where rejected lines of a file rewritten in place are appended "
-        "[default: <file>.rejects].",
+        help="Where rejected lines of a file rewritten in place are appended.",
+        show_default="<file>.rejects",
     ),
 ]
 JobsOpt = Annotated[
@@ -135,10 +137,49 @@ ExactOpt = Annotated[
 # ---------------------------------------------------------------- output
 
 
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+
+
+def _display(text: str, *, newlines: bool = True) -> str:
+    """Text safe to show a person: undecodable bytes of file names and control
+    characters (an escape sequence in a client's path) as \\xNN.
+
+    ``newlines`` False also escapes tabs and line feeds (a value in a one-line row).
+    """
+    text = show_path(text)
+    pattern = _CONTROL if newlines else re.compile(r"[\x00-\x1f\x7f]")
+    return pattern.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
 def _err(text: str) -> None:
     """Write to stderr now: a line must not wait in a buffer behind a crash or exit."""
-    sys.stderr.write(text)
-    sys.stderr.flush()
+    try:
+        sys.stderr.write(_display(text))
+        sys.stderr.flush()
+    except OSError:
+        pass  # nowhere left to report to; the exit code still says it
+
+
+class _StdoutFailed(errors.IOFailure):
+    """Writing what was asked for to stdout failed (a full disk behind `>`, EIO)."""
+
+
+@contextlib.contextmanager
+def _to_stdout() -> Iterator[None]:
+    """Writes to stdout whose failure is exit 74 with one line on stderr.
+
+    The broken stdout is swapped for /dev/null, so that neither the JSON error
+    object nor the interpreter's final flush tries it again.
+    """
+    try:
+        yield
+        sys.stdout.flush()
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        _State.stdout_failed = True
+        _silence_stdout()
+        raise _StdoutFailed(f"cannot write to standard output: {exc.strerror or exc}") from exc
 
 
 class Output:
@@ -159,38 +200,51 @@ class Output:
     def json(self, payload: dict[str, Any]) -> None:
         import json  # only for --json: kept out of the start-up
 
-        sys.stdout.write(json.dumps(payload, sort_keys=False) + "\n")
-        sys.stdout.flush()
+        with _to_stdout():
+            sys.stdout.write(json.dumps(payload, sort_keys=False) + "\n")
 
     def lines(self, rows: list[tuple[str, str]], title: str) -> None:
         """A short summary as label/value rows: rich on a terminal, plain otherwise."""
         if self.quiet or not self.summary_wanted:
             return
         stream = self.summary_stream
+        rows = [(label, _display(value, newlines=False)) for label, value in rows]
         if stream.isatty() and not os.environ.get("NO_COLOR"):
             from rich.console import Console
             from rich.table import Table as RichTable
+            from rich.text import Text
 
             console = Console(file=stream, highlight=False)
             table = RichTable(title=title, show_header=False, box=None, title_justify="left")
             table.add_column(style="bold")
             table.add_column()
             for label, value in rows:
-                table.add_row(label, value)
-            console.print(table)
+                # Text, not a string: a path such as /srv/[red]x is no markup
+                table.add_row(label, Text(value))
+            with _to_stdout():
+                console.print(table)
             return
         width = max((len(label) for label, _ in rows), default=0)
-        stream.write(f"{title}\n")
-        for label, value in rows:
-            stream.write(f"  {label.ljust(width)}  {value}\n")
+        with _to_stdout():
+            stream.write(f"{title}\n")
+            for label, value in rows:
+                stream.write(f"  {label.ljust(width)}  {value}\n")
+            stream.flush()
 
 
 def _fail(message: str, code: int, *, as_json: bool = False) -> NoReturn:
-    if as_json:
+    message = _display(message, newlines=False)
+    # usage errors go to stderr only (the parser's own cannot know about --json)
+    if as_json and code != errors.EXIT_USAGE and not _State.stdout_failed:
         import json
 
-        sys.stdout.write(json.dumps({"error": message, "exit_code": code}) + "\n")
-    _err(f"rmtabtool: error: {message}\n")
+        try:
+            sys.stdout.write(json.dumps({"error": message, "exit_code": code}) + "\n")
+            sys.stdout.flush()
+        except OSError:
+            _silence_stdout()
+    prefix = "usage error" if code == errors.EXIT_USAGE else "error"
+    _err(f"rmtabtool: {prefix}: {message}\n")
     raise typer.Exit(code)
 
 
@@ -209,12 +263,15 @@ def _guard(fn: Callable[[], None], *, as_json: bool) -> None:
         signum = getattr(exc, "signum", 2)
         replaced = getattr(exc, "replaced", None)
         if replaced is not None:
-            _err(
-                f"rmtabtool: interrupted by signal {signum} after {replaced} was replaced "
-                "(its new content is complete)\n"
+            message = (
+                f"interrupted by signal {signum} after {replaced} was replaced "
+                "(its new content is complete)"
             )
         else:
-            _err(f"rmtabtool: interrupted by signal {signum}; nothing was changed\n")
+            message = f"interrupted by signal {signum}; nothing was changed"
+        if as_json:
+            _fail(message, 128 + signum, as_json=True)
+        _err(f"rmtabtool: {message}\n")
         raise typer.Exit(128 + signum) from None
     except BrokenPipeError:
         # the reader of our stdout went away (e.g. `| head`): not our failure
@@ -268,7 +325,10 @@ class _ProgressBar:
             self._bar.start()
         task = self._tasks.get(name)
         if task is None:
-            task = self._tasks[name] = self._bar.add_task(f"reading {name}", total=total)
+            from rich.markup import escape
+
+            label = f"reading {escape(_display(name, newlines=False))}"
+            task = self._tasks[name] = self._bar.add_task(label, total=total)
         self._bar.update(task, completed=done)
 
     def __enter__(self) -> "_ProgressBar":
@@ -289,33 +349,49 @@ def _write_stdout(content: Optional[Iterable[bytes]]) -> None:
     out = sys.stdout.buffer
     buf: list[bytes] = []
     size = 0
-    for line in content:
-        buf.append(line)
-        size += len(line)
-        if size >= 1 << 16:
-            out.write(b"".join(buf))
-            buf, size = [], 0
-    out.write(b"".join(buf))
-    out.flush()
+    with _to_stdout():
+        for line in content:
+            buf.append(line)
+            size += len(line)
+            if size >= 1 << 16:
+                out.write(b"".join(buf))
+                buf, size = [], 0
+        out.write(b"".join(buf))
+        out.flush()
 
 
 def _reject_rows(result: WriteResult) -> list[tuple[str, str]]:
-    rows: list[tuple[str, str]] = []
-    if result.rejected:
-        where = (
-            f" -> appended to {result.rejects_file}"
-            if result.rejects_file and not result.dry_run
-            else (f" -> would go to {result.rejects_file}" if result.rejects_file else "")
-        )
-        rows.append(("rejected lines", f"{result.rejected}{where}"))
-    return rows
+    if not result.rejected:
+        return []
+    parts: list[str] = []
+    moved = result.rejected_moved
+    if moved and result.rejects_file:
+        distinct = len(result.rejected_lines) - _source_distinct(result)
+        what = f"{moved}" if distinct == moved else f"{moved} ({distinct} distinct)"
+        verb = "would go to" if result.dry_run else "appended to"
+        parts.append(f"{what} -> {verb} {result.rejects_file}")
+    left = result.rejected - moved
+    if left:
+        parts.append(f"{left} in read-only input(s), not written")
+    return [("rejected lines", f"{result.rejected}: {'; '.join(parts)}")]
+
+
+def _source_distinct(result: WriteResult) -> int:
+    """Distinct rejected lines that came from read-only sources (listed after the file's own)."""
+    moved_occurrences = 0
+    for index, line in enumerate(result.rejected_lines):
+        if moved_occurrences >= result.rejected_moved:
+            return len(result.rejected_lines) - index
+        moved_occurrences += line.occurrences
+    return 0
 
 
 def _render_write(out: Output, result: WriteResult) -> None:
     for message in result.warnings:
         out.warn(message)
-    if result.rejected and not result.rejects_file:
-        out.warn(f"{result.rejected} rejected line(s) in read-only input(s) were not written")
+    left = result.rejected - result.rejected_moved
+    if left:
+        out.warn(f"{left} rejected line(s) in read-only input(s) were not written")
     if out.as_json:
         out.json(result.to_json())
         return
@@ -396,6 +472,15 @@ def parse_size(text: str) -> int:
     if match is None:
         raise typer.BadParameter(f"not a size: {text!r} (use e.g. 512K, 10M, 1G)")
     return int(float(match.group(1)) * _SIZE_UNITS[match.group(2).lower()])
+
+
+def _above(value: float, limit: float) -> str:
+    """``value > limit`` with as many digits as it takes to see the difference."""
+    for digits in range(2, 18):
+        shown, bound = f"{value:.{digits}f}", f"{limit:.{digits}f}"
+        if shown != bound:
+            break
+    return f"{shown} > {bound.rstrip('0').rstrip('.')}"
 
 
 def _stats_rows(result: StatsResult) -> list[tuple[str, str]]:
@@ -490,7 +575,7 @@ def stats(
             )
         exceeded: list[str] = []
         if max_bloat is not None and result.bloat > max_bloat:
-            exceeded.append(f"bloat {result.bloat:.2f} > {max_bloat:g}")
+            exceeded.append(f"bloat {_above(result.bloat, max_bloat)}")
         if limit_bytes is not None and result.bytes > limit_bytes:
             exceeded.append(f"size {result.bytes} bytes > {limit_bytes}")
         if fail_on_rejected and result.rejected > 0:
@@ -500,7 +585,8 @@ def stats(
 
             text = prometheus_text(result)
             if prometheus == operations.STDIO:
-                sys.stdout.write(text)
+                with _to_stdout():
+                    sys.stdout.write(text)
             else:
                 write_metrics(prometheus, text)
         if out.as_json:
@@ -594,7 +680,11 @@ def merge(
     output: Annotated[
         Optional[str],
         typer.Option(
-            "--output", "-o", metavar="PATH|-", help="Write the union here [default: stdout]."
+            "--output",
+            "-o",
+            metavar="PATH|-",
+            help="Write the union here ('-': stdout).",
+            show_default="stdout",
         ),
     ] = None,
     rmtab: RmtabOpt = None,
@@ -643,7 +733,12 @@ def backup(
     ],
     to: Annotated[
         Optional[str],
-        typer.Option("--to", metavar="PATH", help="Backup file [default: EXPORT_DIR/.rmtab]."),
+        typer.Option(
+            "--to",
+            metavar="PATH|-",
+            help="Backup file ('-': stdout).",
+            show_default="EXPORT_DIR/.rmtab",
+        ),
     ] = None,
     exact: ExactOpt = False,
     missing_ok: Annotated[
@@ -659,9 +754,11 @@ def backup(
     quiet: QuietOpt = False,
 ) -> None:
     """Save the live rmtab's entries for one export, atomically."""
+    if as_json and to == operations.STDIO:
+        _usage("--json cannot be combined with data on stdout (--to -)")
 
     def body() -> None:
-        out = Output(as_json=as_json, quiet=quiet)
+        out = Output(as_json=as_json, quiet=quiet, data_on_stdout=to == operations.STDIO)
         with _ProgressBar(quiet or as_json) as bar:
             result = operations.backup(
                 export_dir,
@@ -672,6 +769,7 @@ def backup(
                 dry_run=dry_run,
                 progress=bar,
             )
+        _write_stdout(result.content)
         _render_write(out, result)
 
     _guard(body, as_json=as_json)
@@ -684,7 +782,9 @@ def restore(
     ],
     from_: Annotated[
         Optional[str],
-        typer.Option("--from", metavar="PATH", help="Backup file [default: EXPORT_DIR/.rmtab]."),
+        typer.Option(
+            "--from", metavar="PATH", help="Backup file.", show_default="EXPORT_DIR/.rmtab"
+        ),
     ] = None,
     exact: ExactOpt = False,
     missing_ok: Annotated[
@@ -781,6 +881,39 @@ def forget(
     _guard(body, as_json=as_json)
 
 
-def main() -> None:
-    """Console-script entry point."""
-    app(prog_name="rmtabtool")
+def _click_exception() -> type[Exception]:
+    """The click exception class typer raises (from its own copy of click since 0.26)."""
+    try:
+        module = importlib.import_module("typer._click.exceptions")
+    except ImportError:
+        module = importlib.import_module("click.exceptions")
+    cls: type[Exception] = module.ClickException
+    return cls
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    """Console-script entry point.
+
+    Errors of the option parser become one line on stderr (exit 2), like the
+    command's own usage errors, instead of a framed panel: resource agents and
+    cron mail log them. Help is rich on a terminal and plain text otherwise.
+    """
+    if not sys.stdout.isatty() or os.environ.get("NO_COLOR") or os.environ.get("TERM") == "dumb":
+        app.rich_markup_mode = None
+    args = sys.argv[1:] if argv is None else list(argv)
+    if not args:  # a bare `rmtabtool`: the help, as a usage error (as click >= 8.2 does)
+        app(args=["--help"], prog_name="rmtabtool", standalone_mode=False)
+        sys.exit(errors.EXIT_USAGE)
+    click_error = _click_exception()
+    try:
+        code = app(args=args, prog_name="rmtabtool", standalone_mode=False)
+    except click_error as exc:
+        ctx = getattr(exc, "ctx", None)
+        hint = f"; see '{ctx.command_path} --help'" if ctx is not None else ""
+        message = exc.format_message()  # type: ignore[attr-defined]
+        _err(f"rmtabtool: usage error: {message}{hint}\n")
+        sys.exit(getattr(exc, "exit_code", errors.EXIT_USAGE))
+    except typer.Abort:
+        _err("rmtabtool: aborted\n")
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)

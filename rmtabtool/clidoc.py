@@ -30,6 +30,8 @@ def _flag(param: Any) -> str:
 
 
 def _default(param: Any) -> str:
+    if isinstance(param.show_default, str):  # a description, such as `<file>.rejects`
+        return f"`{param.show_default}`"
     if getattr(param, "is_flag", False) or param.default is None or param.default == ():
         return ""
     return f"`{param.default}`"

@@ -112,7 +112,10 @@ class WriteResult:
     entries_out: int = 0
     duplicates_removed: int = 0
     zero_dropped: int = 0
+    #: rejected lines read (occurrences), from every input
     rejected: int = 0
+    #: of those, the ones removed from the rewritten file and kept in ``rejects_file``
+    rejected_moved: int = 0
     rejects_file: Optional[str] = None
     rejected_lines: list[RejectedLine] = field(default_factory=list)
     removed: list[Entry] = field(default_factory=list)
@@ -127,7 +130,7 @@ class WriteResult:
     def to_json(self) -> dict[str, Any]:
         return {
             "command": self.command,
-            "file": self.file,
+            "file": show_path(self.file),
             "changed": self.changed,
             "dry_run": self.dry_run,
             "created": self.created,
@@ -136,8 +139,9 @@ class WriteResult:
             "duplicates_removed": self.duplicates_removed,
             "zero_dropped": self.zero_dropped,
             "rejected": self.rejected,
+            "rejected_moved": self.rejected_moved,
             "rejected_by_reason": _by_reason(self.rejected_lines),
-            "rejects_file": self.rejects_file,
+            "rejects_file": show_path(self.rejects_file) if self.rejects_file else None,
             "removed": [_entry_json(e) for e in self.removed],
             "ignored_outside_export": self.ignored_outside_export,
             "lock_wait_seconds": round(self.lock_wait_seconds, 6),
@@ -183,7 +187,7 @@ class StatsResult:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "file": self.file,
+            "file": show_path(self.file),
             "bytes": self.bytes,
             "lines": self.lines,
             "entries": self.entries,
@@ -211,6 +215,18 @@ class StatsResult:
 def show_bytes(data: bytes) -> str:
     """Text for a client or path: UTF-8 where it is, undecodable bytes as \\xNN."""
     return data.decode("utf-8", "backslashreplace")
+
+
+def show_path(name: str) -> str:
+    """Text for a file name (as ``os.fsdecode`` gives it): undecodable bytes as \\xNN.
+
+    A name that is not UTF-8 comes back from the OS with lone surrogates, which
+    JSON encoders and strict terminals refuse or mangle.
+    """
+    try:
+        return show_bytes(os.fsencode(name))
+    except UnicodeError:  # a lone surrogate fsdecode never produces
+        return name.encode("utf-8", "backslashreplace").decode("ascii")
 
 
 def _entry_json(entry: Entry) -> dict[str, Any]:
@@ -439,6 +455,7 @@ def _rewrite_in_place(
         ),
         zero_dropped=plan.zero_dropped,
         rejected=_count_rejected(own, source_rejected),
+        rejected_moved=_count_rejected(own),
         rejects_file=os.fspath(rejects_path) if own else None,
         rejected_lines=list(own) + list(source_rejected),
         removed=plan.removed,
@@ -735,7 +752,7 @@ def backup(
             raise
         return WriteResult(
             command="backup",
-            file=os.fspath(dest),
+            file=os.path.abspath(dest),
             dry_run=dry_run,
             skipped=str(exc),
             warnings=[f"{exc}; backup left untouched"],
@@ -839,6 +856,8 @@ def restore(
         progress=progress,
     )
     result.ignored_outside_export = ignored
+    # the backup's entries outside the export were ignored, not collapsed
+    result.duplicates_removed = max(result.duplicates_removed - ignored, 0)
     return result
 
 

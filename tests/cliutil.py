@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import json
 import os
+import pty
+import select
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from functools import cache
 from pathlib import Path
@@ -112,3 +115,33 @@ def run_json(
     if not isinstance(result, dict):
         raise AssertionError(f"not one JSON object: {proc.stdout!r}")
     return result
+
+
+def run_in_a_terminal(args: list[str], timeout: float = 60) -> tuple[int, bytes]:
+    """Run a command with stdin/stdout/stderr on a pseudo-terminal; what it printed."""
+    pid, fd = pty.fork()
+    if pid == 0:  # pragma: no cover - the child
+        env = {k: v for k, v in os.environ.items() if k not in ("NO_COLOR", "CI")}
+        env.update(TERM="xterm", COLUMNS="100")
+        try:
+            os.execve(args[0], args, env)
+        finally:
+            os._exit(127)
+    out = bytearray()
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([fd], [], [], 0.5)
+            if not ready:
+                continue
+            try:
+                data = os.read(fd, 65536)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not data:
+                break
+            out += data
+    finally:
+        os.close(fd)
+        _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status), bytes(out)

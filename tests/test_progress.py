@@ -7,14 +7,12 @@ into a progress bar on stderr, only at a terminal and only for big inputs.
 from __future__ import annotations
 
 import os
-import pty
-import select
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from cliutil import run_in_a_terminal
 
 from rmtabtool import operations
 from rmtabtool.cli import PROGRESS_MIN_BYTES
@@ -134,36 +132,6 @@ def _rmtabtool() -> list[str]:
     return [os.fspath(exe)] if exe.exists() else [sys.executable, "-m", "rmtabtool"]
 
 
-def _run_in_a_terminal(args: list[str], timeout: float = 60) -> tuple[int, bytes]:
-    """Run a command with stdin/stdout/stderr on a pseudo-terminal; what it printed."""
-    pid, fd = pty.fork()
-    if pid == 0:  # pragma: no cover - the child
-        env = {k: v for k, v in os.environ.items() if k not in ("NO_COLOR", "CI")}
-        env.update(TERM="xterm", COLUMNS="100")
-        try:
-            os.execve(args[0], args, env)
-        finally:
-            os._exit(127)
-    out = bytearray()
-    deadline = time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([fd], [], [], 0.5)
-            if not ready:
-                continue
-            try:
-                data = os.read(fd, 65536)
-            except OSError:  # EIO: the child closed the terminal
-                break
-            if not data:
-                break
-            out += data
-    finally:
-        os.close(fd)
-        _, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status), bytes(out)
-
-
 @pytest.mark.slow
 def test_in_place_dedupe_at_a_terminal_shows_a_progress_bar(tmp_path: Path) -> None:
     statedir = tmp_path / "nfs"
@@ -175,7 +143,7 @@ def test_in_place_dedupe_at_a_terminal_shows_a_progress_bar(tmp_path: Path) -> N
     cmd = _rmtabtool()
     if len(cmd) > 1:
         pytest.skip("needs the installed rmtabtool script")
-    code, out = _run_in_a_terminal([*cmd, "dedupe", "--rmtab", os.fspath(rmtab)])
+    code, out = run_in_a_terminal([*cmd, "dedupe", "--rmtab", os.fspath(rmtab)])
     assert code == 0, out[-2000:]
     assert f"reading {rmtab}".encode() in out.replace(b"\r\n", b""), out[-2000:]
     assert rmtab.stat().st_size < len(BLOAT)
