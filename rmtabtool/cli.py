@@ -11,6 +11,7 @@ import importlib
 import os
 import re
 import sys
+import time
 import traceback
 from collections.abc import Iterable, Iterator
 from typing import Annotated, Any, Callable, List, NoReturn, Optional, TypeVar
@@ -300,12 +301,19 @@ PROGRESS_MIN_BYTES = 64 * 1024 * 1024
 
 
 class _ProgressBar:
-    """A rich progress bar on stderr for big inputs, only for a person at a terminal."""
+    """A rich progress bar on stderr for big inputs, only for a person at a terminal.
+
+    Redrawn from the reader's own calls, never by rich's refresh thread: while
+    another thread runs, the reader does not fork its workers (``--jobs``).
+    """
+
+    REFRESH_SECONDS = 0.1
 
     def __init__(self, quiet: bool) -> None:
         self.enabled = not quiet and sys.stderr.isatty()
         self._bar: Any = None
         self._tasks: dict[str, Any] = {}
+        self._drawn = 0.0
 
     def __call__(self, name: str, done: int, total: int) -> None:
         if not self.enabled or total < PROGRESS_MIN_BYTES:
@@ -321,6 +329,7 @@ class _ProgressBar:
                 TimeRemainingColumn(),
                 console=Console(stderr=True),
                 transient=True,
+                auto_refresh=False,
             )
             self._bar.start()
         task = self._tasks.get(name)
@@ -330,6 +339,10 @@ class _ProgressBar:
             label = f"reading {escape(_display(name, newlines=False))}"
             task = self._tasks[name] = self._bar.add_task(label, total=total)
         self._bar.update(task, completed=done)
+        now = time.monotonic()
+        if now - self._drawn >= self.REFRESH_SECONDS or done >= total:
+            self._drawn = now
+            self._bar.refresh()
 
     def __enter__(self) -> "_ProgressBar":
         return self

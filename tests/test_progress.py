@@ -156,3 +156,19 @@ def test_in_place_dedupe_at_a_terminal_shows_a_progress_bar(tmp_path: Path) -> N
     )
     assert res.returncode == 0, res.stderr
     assert b"reading" not in res.stderr
+
+
+def test_the_progress_bar_starts_no_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A refresh thread would keep `--jobs` reads in one process (no fork while
+    other threads run): the bar is redrawn from the reader's calls instead."""
+    import threading
+
+    from rmtabtool.cli import _ProgressBar
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    before = threading.active_count()
+    with _ProgressBar(quiet=False) as bar:
+        bar("big-rmtab", 0, PROGRESS_MIN_BYTES)
+        assert bar._bar is not None, "the bar was not shown"
+        bar("big-rmtab", PROGRESS_MIN_BYTES // 2, PROGRESS_MIN_BYTES)
+        assert threading.active_count() == before
