@@ -852,7 +852,7 @@ def forget(
             "--client",
             "-c",
             metavar="CLIENT",
-            help="Client address (repeatable; IPv6 in either spelling).",
+            help="Client address (repeatable; IPv6 in any spelling, host names in any case).",
         ),
     ] = None,
     path: Annotated[

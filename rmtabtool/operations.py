@@ -861,6 +861,26 @@ def restore(
     return result
 
 
+def client_key(client: bytes) -> bytes:
+    """One spelling per client, for matching what an admin typed against the file.
+
+    IPv6 in either spelling (``fe80::1``, ``fe80;;1``), upper or lower case,
+    compressed or not (``fe80:0:0:0:0:0:0:1``), with its ``%scope`` kept; host
+    names without regard to case (DNS ignores it). Anything else as it is.
+    """
+    text = client.replace(b";", b":")
+    if b":" not in text:
+        return text.lower()
+    address, percent, scope = text.partition(b"%")
+    import ipaddress  # only for IPv6 clients
+
+    try:
+        canonical = ipaddress.IPv6Address(address.decode("ascii")).compressed
+    except (ValueError, UnicodeDecodeError):
+        return text
+    return canonical.encode("ascii") + percent + scope
+
+
 def forget(
     live: Live,
     *,
@@ -876,13 +896,13 @@ def forget(
     """Remove stale entries matching ALL given filters, in place, locked."""
     if not clients and path is None and export is None:
         raise errors.UsageError("forget needs at least one of --client, --path, --export")
-    wanted_clients = {c.replace(b";", b":") for c in clients}
+    wanted_clients = {client_key(c) for c in clients}
     export_b = _export_bytes(export) if export is not None else None
     name = os.fspath(file) if file is not None else os.fspath(live.path)
     _check_regular_input(name)
 
     def matches(entry: Entry) -> bool:
-        if wanted_clients and entry.client not in wanted_clients:
+        if wanted_clients and client_key(entry.client) not in wanted_clients:
             return False
         if path is not None and entry.path != path:
             return False

@@ -468,6 +468,31 @@ def test_forget_by_client_in_either_ipv6_spelling(tmp_path: Path) -> None:
     assert b"fe80" not in rmtab.read_bytes()
 
 
+@pytest.mark.parametrize("spelling", ["FE80::1", "fe80:0:0:0:0:0:0:1", "FE80;0;;1"])
+def test_forget_matches_an_ipv6_client_however_it_is_written(tmp_path: Path, spelling: str) -> None:
+    rmtab = _rmtab_with(tmp_path, CLEAN)
+    res = run("forget", "--client", spelling, "--rmtab", str(rmtab), "--json")
+    assert res.code == 0
+    assert [e["client"] for e in res.json()["removed"]] == ["fe80::1"]
+
+
+@pytest.mark.parametrize(
+    ("typed", "written", "same"),
+    [
+        (b"fe80::1%eth0", b"fe80;;1%eth0", True),
+        (b"fe80::1%eth0", b"fe80;;1", False),  # another interface's neighbour
+        (b"fe80::1", b"fe80::2", False),
+        (b"NFS-Client.example", b"nfs-client.example", True),
+        (b"10.0.0.1", b"10.0.0.10", False),
+        (b"not::an::address", b"not;;an;;address", True),  # same bytes, not parsed
+    ],
+)
+def test_client_key_spellings(typed: bytes, written: bytes, same: bool) -> None:
+    from rmtabtool.operations import client_key
+
+    assert (client_key(typed) == client_key(written)) is same
+
+
 def test_forget_filters_must_all_match(tmp_path: Path) -> None:
     rmtab = _rmtab_with(tmp_path, CLEAN)
     res = run("forget", "--client", "10.0.0.1", "--path", "/srv/other", "--rmtab", str(rmtab))
