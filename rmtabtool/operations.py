@@ -723,9 +723,14 @@ def _same_file(a: PathArg, b: PathArg) -> bool:
     return is_same_file(na, nb)
 
 
-def _export_bytes(export_dir: PathArg) -> bytes:
-    raw = os.fsencode(os.path.normpath(os.path.abspath(os.fspath(export_dir))))
-    return raw
+def _export_bytes(export_dir: PathArg) -> tuple[bytes, ...]:
+    """The export as given and, where symbolic links make it differ, as rpc.mountd
+    records it: mountd writes the realpath of what a client mounted, so a
+    resource agent configured with ``/export/home -> /srv/home`` must still find
+    the ``/srv/home`` lines."""
+    given = os.path.normpath(os.path.abspath(os.fspath(export_dir)))
+    real = os.path.realpath(given)
+    return tuple(os.fsencode(p) for p in ((given,) if real == given else (given, real)))
 
 
 def backup(

@@ -57,15 +57,20 @@ __all__ = [
 CHUNK_SIZE = 256 * 1024
 
 Key = tuple[bytes, bytes]
+#: an export directory, or several spellings of one (any of them matches)
+Export = Union[bytes, tuple[bytes, ...]]
 
 
-def path_in_export(path: bytes, export: bytes, *, exact: bool = False) -> bool:
+def path_in_export(path: bytes, export: Export, *, exact: bool = False) -> bool:
     """Does ``path`` lie in the export ``export`` (the directory or below it)?
 
     Plain byte comparison on canonical paths (no regex, no globbing): clients can
     mount sub-directories of an export, and those belong to it. ``/srv/ab`` is
-    not under ``/srv/a``. A trailing ``/`` on ``export`` is ignored.
+    not under ``/srv/a``. A trailing ``/`` on ``export`` is ignored. A tuple
+    of spellings matches when any of them does.
     """
+    if isinstance(export, tuple):
+        return any(path_in_export(path, one, exact=exact) for one in export)
     if len(export) > 1:
         export = export.rstrip(b"/") or b"/"
     if path == export:
@@ -136,11 +141,11 @@ class Table:
         result._counts = {k: c for (k, c), ok in zip(self._counts.items(), keep) if ok}
         return result
 
-    def select_export(self, export: bytes, *, exact: bool = False) -> Table:
+    def select_export(self, export: Export, *, exact: bool = False) -> Table:
         """The entries whose path is ``export`` or (unless ``exact``) below it."""
         return self.filter(path_in_export(p, export, exact=exact) for (_, p) in self._counts)
 
-    def without_export(self, export: bytes, *, exact: bool = False) -> Table:
+    def without_export(self, export: Export, *, exact: bool = False) -> Table:
         """The entries that :meth:`select_export` would not select."""
         return self.filter(not path_in_export(p, export, exact=exact) for (_, p) in self._counts)
 

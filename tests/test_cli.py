@@ -375,6 +375,44 @@ def test_backup_selects_the_export_and_its_subdirectories(tmp_path: Path, export
     assert exact.read_bytes() == b"h1:" + e + b":0x00000001\n"
 
 
+def test_an_export_reached_through_a_symlink_matches_what_mountd_records(
+    tmp_path: Path,
+) -> None:
+    """mountd records the realpath of what a client mounted: an agent configured
+    with /export/home (a link to /srv/home) must back up, restore and forget the
+    /srv/home lines, and never report an empty export."""
+    real = tmp_path / "srv" / "home"
+    real.mkdir(parents=True)
+    (tmp_path / "export").symlink_to(tmp_path / "srv")
+    linked = tmp_path / "export" / "home"
+    mine = f"10.0.0.1:{real}:0x00000001\n10.0.0.2:{real}/sub:0x00000001\n".encode()
+    other = b"10.0.0.3:/srv/other:0x00000001\n"
+    rmtab = _rmtab_with(tmp_path, mine + other)
+
+    res = run("backup", str(linked), "--rmtab", str(rmtab), "--json")
+    assert res.code == 0, res.stderr
+    assert res.json()["entries_out"] == 2
+    assert (real / ".rmtab").read_bytes() == mine
+
+    rmtab.write_bytes(other + f"10.0.0.9:{real}:0x00000001\n".encode())
+    res = run("restore", str(linked), "--replace", "--rmtab", str(rmtab), "--json")
+    assert res.code == 0, res.stderr
+    assert [e["client"] for e in res.json()["removed"]] == ["10.0.0.9"]
+    assert rmtab.read_bytes() == other + mine
+
+    res = run("forget", "--export", str(linked), "--rmtab", str(rmtab), "--json")
+    assert len(res.json()["removed"]) == 2
+    assert rmtab.read_bytes() == other
+
+
+def test_path_in_export_takes_several_spellings() -> None:
+    from rmtabtool import path_in_export
+
+    assert path_in_export(b"/srv/home/x", (b"/export/home", b"/srv/home"))
+    assert not path_in_export(b"/srv/homes", (b"/export/home", b"/srv/home"))
+    assert not path_in_export(b"/srv/home/x", (b"/export/home", b"/srv/home"), exact=True)
+
+
 def test_backup_missing_live_rmtab_keeps_the_old_backup(tmp_path: Path, export: Path) -> None:
     good = b"h1:" + os.fsencode(export) + b":0x00000001\n"
     (export / ".rmtab").write_bytes(good)
