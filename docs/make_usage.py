@@ -67,12 +67,13 @@ $ rmtabtool dedupe --dry-run state/rmtab
 
 $ rmtabtool dedupe state/rmtab
 
-$ wc -l state/rmtab; head -n 3 state/rmtab; cat state/rmtab.rejects | head -n 3
+$ wc -l state/rmtab state/rmtab.rejects; head -n 3 state/rmtab; cat state/rmtab.rejects | head -n 3
 
 One canonical line per (client, path), the highest count, first-seen order. The
-27 rejected lines were appended byte for byte to `state/rmtab.rejects` (or
-`--rejects PATH`) before the rename, so nothing is lost. A second run changes
-nothing, not even the file's mtime:
+27 rejected lines are 3 distinct lines, repeated: each distinct one was appended
+once, byte for byte, to `state/rmtab.rejects` (or `--rejects PATH`) before the
+rename, in first-seen order (see [format.md](format.md#the-rejects-file)), so
+nothing is lost. A second run changes nothing, not even the file's mtime:
 
 $ rmtabtool dedupe --json state/rmtab
 

@@ -1,7 +1,10 @@
 """The docs cannot drift from the code.
 
-docs/cli-reference.md is generated from the typer app; docs/usage.md is written
-by hand, so every command and every option must at least appear in it.
+docs/cli-reference.md is generated from the typer app and must equal it.
+docs/usage.md is written by docs/make_usage.py from a template and real runs
+(``python docs/make_usage.py > docs/usage.md``, by hand, not in CI), so every
+command and every option must at least appear in it. docs/format.md's rejection
+table must name every reason code the parser can give.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import typer.main
 
 from rmtabtool.cli import app
 from rmtabtool.clidoc import render
+from rmtabtool.entry import Reason
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 
@@ -48,3 +52,11 @@ def test_library_doc_examples_run() -> None:
     failures, tried = doctest.testfile(str(DOCS / "library.md"), module_relative=False)
     assert tried > 0
     assert failures == 0
+
+
+def test_every_rejection_reason_is_in_the_format_reference() -> None:
+    """Each ``Reason`` appears as ``rejected `code` `` in docs/format.md, and no other code."""
+    documented = set(re.findall(r"rejected `([a-z][a-z-]*)`", (DOCS / "format.md").read_text()))
+    codes = {reason.value for reason in Reason}
+    assert not codes - documented, f"missing from docs/format.md: {sorted(codes - documented)}"
+    assert not documented - codes, f"not reason codes: {sorted(documented - codes)}"

@@ -10,18 +10,19 @@ what is not, checked here with the installed command:
   target's directory, so a symlink planted at any name we might use is never
   followed; names that look like our stale temps are unlinked (the link, never
   what it points to);
-* the lock file: for a target in a directory others can write in, it lives in a
-  private per-node directory (``/run/lock/rmtabtool`` for root), named after a
-  hash of the target: nothing predictable is opened in the export directory,
-  and a lock file is never opened through a symbolic link (checked with
-  ``O_NOFOLLOW`` before filelock sees it, whatever filelock's version);
+* the lock file: for a target in a directory others can write in (or that
+  belongs to another user), it lives in a private per-node directory
+  (``/run/rmtabtool`` for root; see ``locking._private_lock_directory``), named
+  after a hash of the target: nothing predictable is opened in the export
+  directory, and a lock file is never opened through a symbolic link (checked
+  with ``O_NOFOLLOW`` before filelock sees it, whatever filelock's version);
 * a hard link of ``.rmtab`` to a file elsewhere: the rename replaces the link,
   the other file keeps its content and inode;
-* a symlinked ``.rmtab`` is followed, like rpc.mountd follows a symlinked rmtab:
-  fine when root (or the directory's owner) made the link. A link planted by
-  ANOTHER user in a world-writable directory is refused (exit 77), the rule of
-  the kernel's fs.protected_symlinks applied by rmtabtool itself (it resolves
-  links on its own): tests/test_safefile_hardening.py;
+* a symlinked ``.rmtab`` made by root (or by the caller) is followed, like
+  rpc.mountd follows a symlinked rmtab. A link that belongs to anyone else is
+  refused (exit 77) wherever it is, a stricter rule than the kernel's
+  fs.protected_symlinks, applied by rmtabtool itself (it resolves links on its
+  own): tests/test_safefile_hardening.py;
 * restore reads a backup an attacker may have written: only entries under the
   export are taken, rejected lines never reach the live rmtab, and the content
   of an unrelated file the backup links to is not echoed.
