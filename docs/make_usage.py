@@ -129,7 +129,7 @@ $ printf '192.0.2.99:%s/old:0x00000001\n' "$PWD/srv/data" >> node2/rmtab; rmtabt
 ## `forget`: remove stale entries
 
 Decommissioned clients and exports that are gone. All filters given must
-match: `--client` (repeatable, IPv6 in either spelling), `--path` (exact),
+match: `--client` (repeatable; IPv6 in any spelling, host names in any case), `--path` (exact),
 `--export` (the directory and everything under it).
 
 $ rmtabtool forget --rmtab state/rmtab --client 'fe80::1' --client 10.20.30.40 --dry-run

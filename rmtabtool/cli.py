@@ -384,8 +384,9 @@ def _reject_rows(result: WriteResult) -> list[tuple[str, str]]:
         verb = "would go to" if result.dry_run else "appended to"
         parts.append(f"{what} -> {verb} {result.rejects_file}")
     left = result.rejected - moved
-    if left:
-        parts.append(f"{left} in read-only input(s), not written")
+    if not left:
+        return [("rejected lines", parts[0] if parts else str(result.rejected))]
+    parts.append(f"{left} in read-only input(s), not written")
     return [("rejected lines", f"{result.rejected}: {'; '.join(parts)}")]
 
 
