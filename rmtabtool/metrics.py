@@ -50,7 +50,9 @@ def prometheus_text(result: StatsResult, *, now: Optional[float] = None) -> str:
     """The exposition-format text for one stats result."""
     from .entry import Reason
 
-    file_label = f'file="{_label(result.file)}"'
+    # a file name from the command line may hold bytes that are not UTF-8 (kept as
+    # surrogates): shown like paths and clients, as \xNN
+    file_label = f'file="{_label(show_bytes(os.fsencode(result.file)))}"'
     lines: list[str] = []
 
     def metric(name: str, samples: list[tuple[str, float]]) -> None:
