@@ -1,8 +1,8 @@
 """``stats`` as Prometheus metrics, for node_exporter's textfile collector.
 
 The metric names are a contract (documented in docs/monitoring.md): add new
-ones, never rename. Text only; writing the file atomically is the caller's job
-(:func:`write_metrics`), so node_exporter never reads a half-written file.
+ones, never rename. :func:`prometheus_text` makes the text; :func:`write_metrics`
+replaces the file atomically, so node_exporter never reads a half-written file.
 """
 
 from __future__ import annotations
@@ -11,8 +11,9 @@ import os
 import time
 from typing import Optional
 
+from . import errors
 from .operations import StatsResult, show_bytes
-from .safefile import AtomicWriter
+from .safefile import rewrite_file
 
 __all__ = ["METRICS", "prometheus_text", "write_metrics"]
 
@@ -49,7 +50,9 @@ def prometheus_text(result: StatsResult, *, now: Optional[float] = None) -> str:
     """The exposition-format text for one stats result."""
     from .entry import Reason
 
-    file_label = f'file="{_label(result.file)}"'
+    # a file name from the command line may hold bytes that are not UTF-8 (kept as
+    # surrogates): shown like paths and clients, as \xNN
+    file_label = f'file="{_label(show_bytes(os.fsencode(result.file)))}"'
     lines: list[str] = []
 
     def metric(name: str, samples: list[tuple[str, float]]) -> None:
@@ -93,7 +96,17 @@ def prometheus_text(result: StatsResult, *, now: Optional[float] = None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_metrics(path: str, text: str) -> None:
-    """Replace ``path`` atomically (temp beside it, fsync, rename), mode 0644."""
-    with AtomicWriter(os.path.abspath(path)) as writer:
-        writer.write(text.encode("utf-8"))
+def write_metrics(path: str, text: str, *, timeout: float = 10.0) -> None:
+    """Replace ``path`` atomically, the way ``dedupe -o``/``merge -o`` write a file.
+
+    Through :func:`~rmtabtool.safefile.rewrite_file` (temp beside it, fsync,
+    rename; a new file is 0644): so an existing output that is a FIFO or a
+    device is refused exactly as for the other outputs (exit 66), the temp
+    files a killed run left are removed by the next one, and concurrent runs
+    are serialised (``timeout``: seconds to wait for another run's lock).
+    """
+    target = os.path.abspath(path)
+    if os.path.isdir(target):  # as operations._write_output: exit 73, not "cannot read"
+        raise errors.OutputError(f"cannot write {path}: it is a directory")
+    data = text.encode("utf-8")
+    rewrite_file(target, lambda _old: (data,), mountd_statedir=None, timeout=timeout)

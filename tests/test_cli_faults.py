@@ -4,8 +4,8 @@ The library's own fault tests (test_rewrite_faults.py) fork a child that calls
 ``rewrite_file``; these run the REAL console script in a subprocess, through
 typer, the operations layer and the error mapping, for each writing command:
 
-    dedupe (in place) · dedupe -o FILE · merge --into · backup · restore ·
-    restore --replace · forget
+    dedupe (in place) · dedupe -o FILE · merge --into · merge -o FILE · backup ·
+    restore · restore --replace · forget · stats --prometheus FILE
 
 and check what an operator would see after each fault:
 
@@ -21,8 +21,10 @@ and check what an operator would see after each fault:
 * the live rmtab deleted while rmtabtool waits for rpc.mountd's lock (which the
   test holds) between its snapshot and its rename: 66 for the commands that need
   the file, a file built from nothing for those that add to it; nothing partial;
-* the live rmtab (or the output) replaced by a directory or a FIFO: 66 (73 for
-  an output path that is a directory), within a timeout, never a traceback.
+* the live rmtab (or the output, or a source) replaced by a directory or a FIFO:
+  66 (73 for an output path that is a directory), within a timeout, never a
+  traceback. (``merge -o`` never reads the live rmtab: it has no part in the
+  live-rmtab faults.)
 
 Tests that need root (namespaces, mounts, another uid) skip without it.
 """
@@ -35,6 +37,7 @@ import hashlib
 import os
 import platform
 import random
+import re
 import resource
 import shutil
 import signal
@@ -108,6 +111,15 @@ def startup_seconds() -> float:
 
 
 # ---------------------------------------------------------------- data
+
+#: a previous run's metrics file: what ``stats --prometheus`` replaces
+OLD_METRICS = (
+    b"# HELP rmtabtool_rmtab_bytes Size of the rmtab file in bytes.\n"
+    b"# TYPE rmtabtool_rmtab_bytes gauge\n"
+    b'rmtabtool_rmtab_bytes{file="/var/lib/nfs/rmtab"} 4096\n'
+)
+#: the one sample of the metrics that differs from run to run (when it was taken)
+METRICS_TIMESTAMP = re.compile(rb"(?m)^(rmtabtool_stats_timestamp_seconds\{[^\n]*\} )[^\n]*")
 
 #: lines rmtabtool cannot represent: they must end up in <file>.rejects, whole
 REJECTED = (
@@ -189,6 +201,15 @@ class Case:
     backup: str = "old"
     #: files read by the command (all must stay unchanged)
     inputs: tuple[str, ...] = ()
+    #: reads the live rmtab (through --rmtab), so the live-rmtab faults apply
+    reads_live: bool = True
+    #: what the command writes holds the time of the run (stats' metrics): two
+    #: complete runs differ there, and only there
+    timestamped: bool = False
+
+    def comparable(self, data: bytes) -> bytes:
+        """``data`` (the target or a prefix of it) with what varies between runs blanked."""
+        return METRICS_TIMESTAMP.sub(rb"\1", data) if self.timestamped else data
 
 
 CASES = {
@@ -209,6 +230,14 @@ CASES = {
             True,
             live="old",
             inputs=("src/a", "src/b"),
+        ),
+        Case(
+            "merge-o",
+            ("merge", "{a}", "{b}", "-o", "{out}", "--rmtab", "{live}"),
+            "out/clean",
+            False,
+            inputs=("src/a", "src/b"),
+            reads_live=False,
         ),
         Case(
             "backup",
@@ -236,9 +265,19 @@ CASES = {
             inputs=("export/.rmtab",),
         ),
         Case("forget", ("forget", "--export", "{export}", "--rmtab", "{live}"), "nfs/rmtab", True),
+        Case(
+            "stats-prometheus",
+            ("stats", "--prometheus", "{prom}", "--rmtab", "{live}"),
+            "out/rmtab.prom",
+            False,
+            inputs=("nfs/rmtab",),
+            timestamped=True,
+        ),
     )
 }
 ALL = sorted(CASES)
+#: commands that read the live rmtab (all but merge -o, which reads its sources only)
+READS_LIVE = [n for n in ALL if CASES[n].reads_live]
 #: commands whose target is the live rmtab itself (rewritten under mountd's lock)
 LIVE_TARGET = [n for n in ALL if CASES[n].target == "nfs/rmtab"]
 DIRS = ("nfs", "export", "out", "src")
@@ -255,6 +294,7 @@ def scenario_files(case: Case, root: Path, scale: Scale) -> dict[str, bytes]:
         "nfs/rmtab": big if case.live == "big" else old_live,
         "export/.rmtab": big if case.backup == "big" else small_old,
         "out/clean": small_old,
+        "out/rmtab.prom": OLD_METRICS,
         "src/a": bloated(export, half.distinct, half.size, seed=2),
         "src/b": bloated(export, half.distinct, half.size, seed=3, rejects=False),
     }
@@ -265,6 +305,7 @@ def args_for(case: Case, root: Path, live: Optional[Path] = None) -> list[str]:
         "live": live if live is not None else root / "nfs" / "rmtab",
         "export": root / "export",
         "out": root / "out" / "clean",
+        "prom": root / "out" / "rmtab.prom",
         "a": root / "src" / "a",
         "b": root / "src" / "b",
     }
@@ -482,6 +523,7 @@ def kill_trials(case: Case, root: Path, trials: int, seed: int) -> KillStats:
     target = root / case.target
     rejects = Path(f"{target}.rejects")
     old = files[case.target]
+    same = case.comparable  # stats' metrics: every run has its own timestamp
     own_rejects = rejected_in(old)
     # what the command reads: an input open at the kill means it was reading
     read_paths = {str(root / rel) for rel in case.inputs}
@@ -498,8 +540,8 @@ def kill_trials(case: Case, root: Path, trials: int, seed: int) -> KillStats:
     _, err = proc.communicate(timeout=60)
     full = time.monotonic() - start
     assert proc.returncode == 0, err
-    new = target.read_bytes()
-    assert new != old
+    new = same(target.read_bytes())
+    assert new != same(old)
     if case.in_place:
         check_rejects(rejects, own_rejects, complete=True)
         rejects.unlink()
@@ -527,16 +569,16 @@ def kill_trials(case: Case, root: Path, trials: int, seed: int) -> KillStats:
         _, err = proc.communicate(timeout=60)
         assert proc.returncode in (0, -signal.SIGKILL), (proc.returncode, err)
 
-        content = target.read_bytes()
-        assert content in (old, new), f"{case.name}: partial target ({len(content)} bytes)"
+        content = same(target.read_bytes())
+        assert content in (same(old), new), f"{case.name}: partial target ({len(content)} bytes)"
         after = tree(root)
         assert changed_besides(before, after, allowed) == [], case.name
         left = temps_of(target) - known
         assert len(left) <= 1, left
         stats.stale_cleaned += len(known - temps_of(target))
         if left:
-            assert content == old, "a temp file outlived its rename"
-            data = next(iter(left)).read_bytes()
+            assert content == same(old), "a temp file outlived its rename"
+            data = same(next(iter(left)).read_bytes())
             assert new.startswith(data), "the temp file holds something else than the new content"
             state = "temp-empty" if not data else "temp-partial" if data != new else "temp-complete"
         elif content == new:
@@ -554,7 +596,7 @@ def kill_trials(case: Case, root: Path, trials: int, seed: int) -> KillStats:
     target.write_bytes(old)
     proc2 = subprocess.run(args, capture_output=True, env=env, timeout=60, check=False)
     assert proc2.returncode == 0, proc2.stderr
-    assert target.read_bytes() == new
+    assert same(target.read_bytes()) == new
     assert temps_of(target) == set(), "stale temp files survived a complete run"
     if case.in_place:
         check_rejects(rejects, own_rejects, complete=True)
@@ -685,10 +727,15 @@ def written_dir(case: Case) -> str:
 # ---------------------------------------------------------------- disk full
 
 
+#: below every output of the MID scenario; the smallest is stats' metrics file
+#: (about 10 KB with the shortest tmp_path, 20 KB with pytest's usual one)
+EFBIG_LIMIT = 8 * 1024
+
+
 def efbig_limit() -> None:
-    """In the child: files may not grow past 16 KiB; write() fails with EFBIG."""
+    """In the child: files may not grow past EFBIG_LIMIT; write() fails with EFBIG."""
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (16 * 1024, 16 * 1024))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (EFBIG_LIMIT, EFBIG_LIMIT))
 
 
 def assert_failed_cleanly(
@@ -898,15 +945,15 @@ def expected_from_nothing(case: Case, root: Path, elsewhere: Path) -> bytes:
     return live.read_bytes()
 
 
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", READS_LIVE)
 def test_live_rmtab_deleted_while_waiting_for_mountds_lock(tmp_path: Path, name: str) -> None:
     """The live rmtab disappears (an admin's rm, /var/lib/nfs unmounted) between
     rmtabtool's snapshot and its rename, while rmtabtool waits for mountd's lock.
 
     Defined behaviour: the rewrite starts over from what is there now, nothing.
-    Commands that need the file (dedupe, forget, and backup and dedupe -o, which
-    read it) exit 66 and write nothing; those that add to it (merge --into,
-    restore) create it with exactly what they add. Never a partial file, never
+    Commands that need the file (dedupe, forget, and backup, dedupe -o and
+    stats --prometheus, which read it) exit 66 and write nothing; those that add
+    to it (merge --into, restore) create it with exactly what they add. Never a partial file, never
     the deleted content brought back, never a temp file left.
     """
     case = CASES[name]
@@ -949,7 +996,7 @@ def test_live_rmtab_deleted_while_waiting_for_mountds_lock(tmp_path: Path, name:
 
 
 @pytest.mark.parametrize("kind", ["directory", "fifo"])
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", READS_LIVE)
 def test_live_rmtab_replaced_by_a_directory_or_fifo_exits_66(
     tmp_path: Path, name: str, kind: str
 ) -> None:
@@ -971,34 +1018,39 @@ def test_live_rmtab_replaced_by_a_directory_or_fifo_exits_66(
     assert changed_besides(before, after, is_lock) == []
 
 
-@pytest.mark.parametrize(
-    ("name", "kind", "code"),
-    [
-        ("dedupe-o", "directory", 73),  # an output path that is a directory
-        ("backup", "directory", 73),
-        ("dedupe-o", "fifo", 66),
-        ("backup", "fifo", 66),
-        ("restore", "directory", 66),  # the backup (restore's input)
-    ],
-)
+#: (command, the path replaced, by what, exit code): every output path, and the
+#: inputs that are not the live rmtab
+OTHER_PATHS = [
+    *(
+        (name, CASES[name].target, kind, 73 if kind == "directory" else 66)
+        for name in ("dedupe-o", "merge-o", "backup", "stats-prometheus")
+        for kind in ("directory", "fifo")
+    ),
+    ("restore", "export/.rmtab", "directory", 66),  # the backup (restore's input)
+    ("merge-o", "src/a", "directory", 66),  # a source (a FIFO is a legal source)
+]
+
+
+@pytest.mark.parametrize(("name", "victim", "kind", "code"), OTHER_PATHS)
 def test_other_paths_replaced_by_a_directory_or_fifo(
-    tmp_path: Path, name: str, kind: str, code: int
+    tmp_path: Path, name: str, victim: str, kind: str, code: int
 ) -> None:
+    """exit-codes.md: 73 for an output that is a directory, 66 for an existing
+    output that is a FIFO (the same for every output option: stats --prometheus
+    once gave 73) and for an input that is not a regular file."""
     case = CASES[name]
     write_scenario(case, tmp_path, SMALL)
-    if name == "restore":
-        victim = tmp_path / "export" / ".rmtab"
-        victim.unlink()
-    else:
-        victim = tmp_path / case.target
-        victim.unlink()
+    path = tmp_path / victim
+    path.unlink()
     if kind == "directory":
-        victim.mkdir()
+        path.mkdir()
     else:
-        os.mkfifo(victim)
+        os.mkfifo(path)
     before = tree(tmp_path)
     proc = run(args_for(case, tmp_path), timeout=20)
     assert proc.returncode == code, proc.stderr
-    one_error_line(proc.stderr)
+    err = one_error_line(proc.stderr)
+    assert str(path) in err, err
+    assert ("directory" if kind == "directory" else "not a regular file") in err
     after = tree(tmp_path)
     assert changed_besides(before, after, is_lock) == []

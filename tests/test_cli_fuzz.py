@@ -1,8 +1,9 @@
 """Garbage in, through every command: no traceback, a table exit code, nothing lost.
 
 Hypothesis feeds arbitrary bytes (and rmtab-shaped garbage, which reaches deeper)
-as files and on stdin to stats, dedupe, merge, backup, restore and forget, with
-and without --json/--strict/--drop-zero, through typer's CliRunner. The laws:
+as files and on stdin to stats (also with --prometheus), dedupe, merge, backup,
+restore and forget, with and without --json/--strict/--drop-zero, through typer's
+CliRunner. The laws:
 
 * never a traceback; the exit code is one of issue 4's table, and never 70
   (an internal error on some input is a bug); bytes alone are never an error
@@ -13,7 +14,9 @@ and without --json/--strict/--drop-zero, through typer's CliRunner. The laws:
 * lossless: every input line of a file rewritten in place is either represented
   by an output entry or appended byte-exact to ``<file>.rejects``; read-only
   sources are never modified;
-* dedupe is idempotent: a second run leaves the file identical.
+* dedupe is idempotent: a second run leaves the file identical;
+* a metrics file is valid node_exporter textfile-collector input and tells the
+  truth about the file.
 
 The expected tables are computed here from rpc.mountd-style line semantics (one
 entry per (client, path), the max count); rmtabtool's own parser decides only
@@ -39,6 +42,7 @@ from typer.testing import CliRunner
 
 from rmtabtool import Entry, format_entry, parse_line
 from rmtabtool.cli import app
+from rmtabtool.safefile import temp_name_pattern
 
 Key = tuple[bytes, bytes]
 
@@ -237,6 +241,130 @@ def assert_lossless(data: bytes, out: dict[Key, int], appended: Sequence[bytes])
         assert out[entry.key] >= entry.count, f"count lowered: {line!r}"
 
 
+# ---------------------------------------------------------------- textfile format
+
+_NAME = r"[a-zA-Z_:][a-zA-Z0-9_:]*"
+_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\\n]|\\[\\"n])*)"')
+_FLOAT = r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|(?i:[+-]?inf|nan)"
+_SAMPLE = re.compile(rf"({_NAME})(?:\{{(.*)\}})? ({_FLOAT})")
+_HELP = re.compile(rf"# HELP ({_NAME}) (?:[^\\]|\\[\\n])*")
+_TYPE = re.compile(rf"# TYPE ({_NAME}) (counter|gauge|histogram|summary|untyped)")
+
+Series = tuple[str, tuple[tuple[str, str], ...]]
+
+
+def _labels(text: str) -> tuple[tuple[str, str], ...]:
+    """``a="x",b="y"`` -> pairs, values unescaped; anything else fails the test."""
+    pairs = []
+    pos = 0
+    while pos < len(text):
+        m = _LABEL.match(text, pos)
+        assert m, f"bad label list at {text[pos:]!r}"
+        value = re.sub(r"\\(.)", lambda e: "\n" if e[1] == "n" else e[1], m[2])
+        pairs.append((m[1], value))
+        pos = m.end()
+        if pos < len(text):
+            assert text[pos] == ",", f"bad label list at {text[pos:]!r}"
+            pos += 1
+    names = [n for n, _ in pairs]
+    assert len(set(names)) == len(names), f"a label twice: {text!r}"
+    assert not any(n.startswith("__") for n in names), f"reserved label name: {text!r}"
+    return tuple(pairs)
+
+
+def textfile_samples(data: bytes) -> dict[Series, float]:
+    r"""Check ``data`` is textfile-collector input in its strict form; its samples.
+
+    What node_exporter refuses (it then reports ``node_textfile_scrape_error
+    1`` and drops the file): not UTF-8, a last line without newline, a
+    timestamp, a second HELP or TYPE, an escape other than ``\\``, ``\"``,
+    ``\n``, a label twice, a value that is not a number. What it takes but
+    mangles, also refused here: a series twice (one value is dropped), samples
+    of a family apart, no TYPE (untyped), label names that differ within a
+    family (filled with empty values). (Checked by hand against
+    prometheus-node-exporter 1.5.0: this checker's cases below, and 200 random
+    stats outputs with hostile paths and file names, all accepted.)
+    """
+    text = data.decode("utf-8")  # label values must be UTF-8
+    assert text.endswith("\n"), repr(text[-80:])
+    samples: dict[Series, float] = {}
+    typed: set[str] = set()
+    helped: set[str] = set()
+    closed: set[str] = set()  # families whose lines are over
+    current = ""
+    label_names: dict[str, tuple[str, ...]] = {}
+
+    def enter(name: str) -> None:
+        nonlocal current
+        if name != current:
+            assert name not in closed, f"{name}: lines not together"
+            if current:
+                closed.add(current)
+            current = name
+
+    for line in text[:-1].split("\n"):
+        if line.startswith("# HELP "):
+            m = _HELP.fullmatch(line)
+            assert m, f"bad HELP line: {line!r}"
+            enter(m[1])
+            assert m[1] not in helped, f"second HELP for {m[1]}"
+            assert not any(n == m[1] for n, _ in samples), f"HELP after samples: {line!r}"
+            helped.add(m[1])
+        elif line.startswith("# TYPE "):
+            m = _TYPE.fullmatch(line)
+            assert m, f"bad TYPE line: {line!r}"
+            enter(m[1])
+            assert m[1] not in typed, f"second TYPE for {m[1]}"
+            assert not any(n == m[1] for n, _ in samples), f"TYPE after samples: {line!r}"
+            typed.add(m[1])
+        else:
+            assert not line.startswith("#"), f"stray comment: {line!r}"
+            m = _SAMPLE.fullmatch(line)
+            assert m, f"not a sample (or a timestamp): {line!r}"
+            name = m[1]
+            enter(name)
+            assert name in typed, f"a sample of {name} without its TYPE"
+            labels = _labels(m[2] or "")
+            assert label_names.setdefault(name, tuple(sorted(n for n, _ in labels))) == tuple(
+                sorted(n for n, _ in labels)
+            ), f"{name}: label names differ between samples"
+            series = (name, tuple(sorted(labels)))
+            assert series not in samples, f"duplicate series: {line!r}"
+            samples[series] = float(m[3])
+    return samples
+
+
+def test_the_textfile_checker_refuses_malformed_and_mangled_metrics() -> None:
+    good = b'# HELP m A \\\\ b.\n# TYPE m gauge\nm{a="x\\"y\\n",b="\\\\"} 1.5\nm{a="",b="z"} 2\n'
+    assert textfile_samples(good) == {
+        ("m", (("a", 'x"y\n'), ("b", "\\"))): 1.5,
+        ("m", (("a", ""), ("b", "z"))): 2.0,
+    }
+    bad = [
+        # refused by node_exporter
+        b"# TYPE m gauge\nm 1",  # no final newline
+        b"# TYPE m gauge\nm 1 1700000000000\n",  # a timestamp
+        b"# TYPE m gauge\nm 1\n# TYPE m gauge\n",  # second TYPE
+        b'# TYPE m gauge\nm{a="\\x"} 1\n',  # an escape the format has not
+        b"# HELP m A \\ b.\n# TYPE m gauge\nm 1\n",  # nor in HELP
+        b'# TYPE m gauge\nm{a="x\ny"} 1\n',  # a raw newline in a value
+        b'# TYPE m gauge\nm{a="x",a="y"} 1\n',
+        b"# TYPE m gauge\nm one\n",
+        b'# TYPE m gauge\nm{a="\xff"} 1\n',  # not UTF-8
+        # taken, but mangled
+        b"# TYPE m gauge\nm 1\nm 2\n",  # duplicate series: "m 2" is lost
+        b"# TYPE m gauge\n# TYPE n gauge\nn 1\nm 1\n",  # not together
+        b"m 1\n",  # no TYPE
+        b'# TYPE m gauge\nm{a="x"} 1\nm{b="x"} 1\n',  # becomes a="x",b="" and a="",b="x"
+    ]
+    for data in bad:
+        try:
+            textfile_samples(data)
+        except (AssertionError, UnicodeDecodeError):
+            continue
+        raise AssertionError(f"accepted: {data!r}")
+
+
 # ---------------------------------------------------------------- running the CLI
 
 
@@ -339,6 +467,79 @@ def test_stats_of_garbage_file_and_stdin(
             elif code == 0:
                 assert run.stdout  # a human summary
         assert f.read_bytes() == data  # stats never writes
+
+
+#: file names as they come from a command line: bytes that are not UTF-8 reach
+#: the program as surrogates (a label must still be UTF-8)
+FILE_NAMES = st.sampled_from([b"rmtab", b"r\xe9mtab", b'r\xffm"t\\ab', b"rm\ntab"])
+
+
+@FUZZ
+@given(
+    data=files,
+    name=FILE_NAMES,
+    old=st.one_of(st.none(), st.binary(max_size=200)),
+    to_stdout=st.booleans(),
+    as_json=st.booleans(),
+    fail_on_rejected=st.booleans(),
+)
+def test_stats_prometheus_of_garbage_is_valid_textfile_format(
+    data: bytes,
+    name: bytes,
+    old: bytes | None,
+    to_stdout: bool,
+    as_json: bool,
+    fail_on_rejected: bool,
+) -> None:
+    """Whatever the rmtab holds, whatever the file is called and whatever the
+    metrics file held before: node_exporter can read the new one, and its
+    numbers are the file's."""
+    with workdir() as d:
+        f = d / os.fsdecode(name)
+        f.write_bytes(data)
+        prom = d / "rmtab.prom"
+        if old is not None:
+            prom.write_bytes(old)
+        extra = ["--fail-on-rejected"] if fail_on_rejected else []
+        expected = parse(data)
+        code = 1 if fail_on_rejected and expected.rejected_any else 0
+        for args, stdin in (
+            (["stats", str(f)], b""),
+            (["stats", "-"], data),
+            (["stats"], b""),  # the live rmtab (from RMTABTOOL_RMTAB)
+        ):
+            to = "-" if to_stdout else str(prom)
+            # -q: the human summary is test_stats_of_garbage_file_and_stdin's business
+            run = cli(
+                [*args, "-q", "--prometheus", to, *extra, *flags(as_json)], stdin=stdin, live=f
+            )
+            if to_stdout and as_json:
+                assert run.code == 2  # both want stdout
+                continue
+            assert run.code == code, (args, run.stderr)
+            samples = textfile_samples(run.stdout if to_stdout else prom.read_bytes())
+
+            def value(metric: str, s: dict[Series, float] = samples) -> float:
+                (found,) = [v for (n, _), v in s.items() if n == metric]
+                return found
+
+            assert value("rmtabtool_rmtab_bytes") == len(data)
+            assert value("rmtabtool_rmtab_lines") == len(lines_of(data))
+            assert value("rmtabtool_rmtab_entries") == len(expected.table)
+            rejected = sum(1 for line in lines_of(data) if line in expected.rejected)
+            assert (
+                sum(v for (n, _), v in samples.items() if n == "rmtabtool_rmtab_rejected_lines")
+                == rejected
+            )
+            assert sum(
+                v for (n, _), v in samples.items() if n == "rmtabtool_rmtab_path_mounts"
+            ) == sum(expected.table.values())
+            files_named = {dict(labels)["file"] for _, labels in samples}
+            assert len(files_named) == 1, files_named
+        assert f.read_bytes() == data  # stats never writes its input
+        assert not [p for p in d.iterdir() if temp_name_pattern(prom).fullmatch(p.name)]
+        if to_stdout:
+            assert (prom.read_bytes() if prom.exists() else None) == old
 
 
 # ---------------------------------------------------------------- dedupe
