@@ -602,7 +602,7 @@ def stats(
                 with _to_stdout():
                     sys.stdout.write(text)
             else:
-                write_metrics(prometheus, text)
+                write_metrics(prometheus, text, timeout=lock_timeout)
         if out.as_json:
             payload = result.to_json()
             payload["thresholds_exceeded"] = exceeded

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 from typing import Optional
 
 from . import errors
-from .operations import StatsResult, show_bytes
+from .operations import StatsResult, show_bytes, write_device
 from .safefile import rewrite_file
 
 __all__ = ["METRICS", "prometheus_text", "write_metrics"]
@@ -109,4 +110,7 @@ def write_metrics(path: str, text: str, *, timeout: float = 10.0) -> None:
     if os.path.isdir(target):  # as operations._write_output: exit 73, not "cannot read"
         raise errors.OutputError(f"cannot write {path}: it is a directory")
     data = text.encode("utf-8")
+    if Path(target).is_char_device():  # /dev/null, as `dedupe -o /dev/null`
+        write_device(target, (data,))
+        return
     rewrite_file(target, lambda _old: (data,), mountd_statedir=None, timeout=timeout)

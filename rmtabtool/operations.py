@@ -469,6 +469,17 @@ def _count_rejected(*groups: Iterable[RejectedLine]) -> int:
     return sum(r.occurrences for group in groups for r in group)
 
 
+def write_device(path: PathArg, chunks: Iterable[bytes]) -> None:
+    """Write straight to a character device such as /dev/null (benchmarks, dry
+    checks): there is nothing to replace atomically, and no temp or lock file
+    belongs in /dev."""
+    try:
+        with open(path, "wb") as sink:
+            sink.writelines(chunks)
+    except OSError as exc:
+        raise errors.from_oserror(exc, path, "write") from exc
+
+
 def _write_output(
     command: str,
     output: PathArg,
@@ -491,13 +502,8 @@ def _write_output(
     if out_path.is_dir():
         raise errors.OutputError(f"cannot write {name}: it is a directory")
     if out_path.is_char_device():
-        # /dev/null (benchmarks, dry checks): nothing to replace atomically
         if not dry_run:
-            try:
-                with open(out_path, "wb") as sink:
-                    sink.writelines(table.lines())
-            except OSError as exc:
-                raise errors.from_oserror(exc, out_path, "write") from exc
+            write_device(out_path, table.lines())
         return WriteResult(command=command, file=os.fspath(out_path), changed=True, dry_run=dry_run)
     report = rewrite_file(
         out_path,

@@ -652,3 +652,24 @@ def test_dedupe_output_to_dev_null(live: Path) -> None:
     res = run("dedupe", "-q", "-o", "/dev/null", str(live))
     assert res.code == 0, res.stderr
     assert live.read_bytes() == BLOATED
+
+
+def test_prometheus_output_to_dev_null_leaves_nothing_in_dev(live: Path) -> None:
+    before = set(os.listdir("/dev"))
+    res = run("stats", "-q", "--prometheus", "/dev/null", str(live))
+    assert res.code == 0, res.stderr
+    assert set(os.listdir("/dev")) - before == set()
+
+
+def test_prometheus_output_waits_only_lock_timeout_for_another_run(
+    live: Path, tmp_path: Path
+) -> None:
+    from filelock import FileLock
+
+    from rmtabtool.locking import tool_lock_path
+
+    prom = tmp_path / "rmtab.prom"
+    with FileLock(os.fspath(tool_lock_path(prom))):
+        res = run("stats", "-q", "--prometheus", str(prom), "--lock-timeout", "0.2", str(live))
+    assert res.code == 75, res.stderr
+    assert not prom.exists()
