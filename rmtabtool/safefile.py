@@ -1,7 +1,9 @@
 """Crash-safe replacement of a file rpc.mountd may be using, and consistent reads of it.
 
 Everything rmtabtool writes goes through :func:`rewrite_file` (or, for a plain
-new file, :class:`AtomicWriter`):
+new file, :class:`AtomicWriter`), except the one file appended in place,
+``<file>.rejects``, which is opened by :func:`open_append` under the same rules
+for links:
 
 * the new content is streamed into a hidden temporary file of ours beside the
   real target (``.<name>.rmtabtool-<random>.tmp``, created ``O_EXCL|O_NOFOLLOW``;
@@ -53,7 +55,7 @@ from types import FrameType, TracebackType
 from typing import Any, BinaryIO, Optional, Union
 
 from . import errors
-from .locking import MountdLock, ToolLock
+from .locking import MountdLock, ToolLock, _shared_directory
 from .table import CHUNK_SIZE, ReadResult, read_bytes, read_table
 
 __all__ = [
@@ -68,6 +70,7 @@ __all__ = [
     "SignalReceived",
     "clean_stale_temps",
     "is_same_file",
+    "open_append",
     "read_snapshot",
     "resolve_target",
     "rewrite_file",
@@ -236,6 +239,88 @@ def _check_link_owner(link: str, st: os.stat_result) -> None:
         f"refusing to follow the symbolic link {link}: it belongs to uid {st.st_uid}, "
         f"not to {trusted}, so that user would choose which file is replaced; nothing "
         "was written: remove the link (or make it as root)"
+    )
+
+
+def open_append(path: StrPath, mode: int = 0o644) -> tuple[int, Path]:
+    """Open ``path`` to append to it in place (created ``mode`` if missing): ``(fd, file)``.
+
+    For the one file rmtabtool writes in place rather than by rename,
+    ``<file>.rejects``: its name is reached like every other output's. Symbolic
+    links are followed only when they belong to root or to the caller
+    (:func:`resolve_target`, exit 77), and the final open is ``O_NOFOLLOW``, so
+    a link swapped in afterwards is judged again rather than followed. Anything
+    but a regular file is refused (exit 66, like a FIFO or device at any output's
+    name; a directory 73) before it is opened when it is already there, so a
+    device is never opened; ``O_NONBLOCK`` keeps a FIFO swapped in meanwhile from
+    hanging the open. An append writes through every name of the file: one with
+    more than one link is refused (77) where someone other than root or the
+    caller could have made the second name (see :func:`_check_append_links`).
+    """
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    for _ in range(_MAX_SYMLINKS):
+        target = resolve_target(path)
+        try:
+            st: Optional[os.stat_result] = os.lstat(target)
+        except FileNotFoundError:
+            st = None
+        except OSError as exc:
+            raise errors.from_oserror(exc, target, "append to") from exc
+        if st is not None:
+            if stat.S_ISLNK(st.st_mode):
+                continue  # a link appeared since resolve_target: judge it like any link
+            _check_appendable(target, st)
+        try:
+            fd = os.open(target, flags, mode)
+        except OSError as exc:
+            # the same, a moment later: O_NOFOLLOW gives ELOOP (EACCES in a sticky
+            # directory, for another user's link)
+            if exc.errno in (errno.ELOOP, errno.EACCES) and os.path.islink(target):
+                continue
+            if exc.errno == errno.ENXIO:  # a FIFO nobody reads, swapped in meanwhile
+                raise errors.InputMissing(f"cannot append to {target}: not a regular file") from exc
+            raise errors.from_oserror(exc, target, "append to") from exc
+        try:
+            _check_appendable(target, os.fstat(fd))
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd, target
+    raise errors.OutputError(f"cannot open {os.fspath(path)}: symbolic links keep appearing at it")
+
+
+def _check_appendable(target: Path, st: os.stat_result) -> None:
+    if stat.S_ISDIR(st.st_mode):
+        raise errors.OutputError(f"cannot append to {target}: it is a directory")
+    if not stat.S_ISREG(st.st_mode):
+        raise errors.InputMissing(f"cannot append to {target}: not a regular file")
+    _check_append_links(target, st)
+
+
+def _check_append_links(target: Path, st: os.stat_result) -> None:
+    """Append to a file with several names only when nobody else could have added one.
+
+    A hard link has no owner of its own: ``ln /etc/cron.d/job EXPORT/x.rejects``
+    (allowed where fs.protected_hardlinks is 0, or for any file the user may read
+    and write) looks exactly like root's own file, and appending to it writes
+    that job. Where only root and the caller create names (a state directory), a
+    second name is their own doing (a hard-link snapshot) and is written through;
+    where others can (group- or world-writable, or another user's directory, the
+    rule locking applies to its lock files), or when the file belongs to a third
+    user, it is refused. Replaced files need no such rule: rename replaces the name.
+    """
+    if st.st_nlink <= 1:
+        return
+    if st.st_uid not in (os.geteuid(), 0):
+        why = f"it belongs to uid {st.st_uid}"
+    elif _shared_directory(target.parent):
+        why = "others can create names in its directory"
+    else:
+        return
+    raise errors.PermissionDenied(
+        f"refusing to append to {target}: it has {st.st_nlink} hard links and {why}, so "
+        "another name of it may be a file that must not be written; nothing was written: "
+        "remove the link"
     )
 
 
