@@ -873,18 +873,30 @@ def _consistent_read(
     report: Optional[RewriteReport],
     progress: Optional[ReadProgress] = None,
 ) -> Optional[_Snapshot]:
-    """Read ``path`` and prove the read saw one complete version of it.
+    """Read ``path`` and prove the read saw one complete version of it (see :func:`_confirm`)."""
+    snap = _read_once(path, settle=mountd_statedir is not None, progress=progress)
+    return _confirm(path, snap, mountd_statedir, timeout, report, progress)
 
-    The read runs without mountd's lock; its state is then confirmed under the
-    SHARED lock (so mountd is not in the middle of writing). A changed file is
-    read again without the lock up to OPTIMISTIC_RETRIES times, then once more
-    while holding the lock.
+
+def _confirm(
+    path: Path,
+    snap: Optional[_Snapshot],
+    mountd_statedir: Optional[Path],
+    timeout: float,
+    report: Optional[RewriteReport],
+    progress: Optional[ReadProgress] = None,
+) -> Optional[_Snapshot]:
+    """``snap`` when it provably is one complete version of ``path``, else a read that is.
+
+    The read ran without mountd's lock; its state (device, inode, size, mtime) is
+    confirmed under the SHARED lock (so mountd is not in the middle of writing).
+    A changed file is read again without the lock up to OPTIMISTIC_RETRIES times,
+    then once more while holding the lock.
     """
     attempts = 0
     while True:
-        snap = _read_once(path, settle=mountd_statedir is not None, progress=progress)
-        if snap is None:
-            return None  # mountd only ever renames a complete name into place
+        if snap is None or snap.under_lock:
+            return snap  # mountd only ever renames a complete name into place
         if mountd_statedir is None:
             # Files mountd does not write only change by rename (rmtabtool) or are
             # written by programs we cannot lock against anyway.
@@ -893,28 +905,29 @@ def _consistent_read(
             attempts += 1
             if attempts > OPTIMISTIC_RETRIES:
                 raise errors.IOFailure(f"{path} kept changing while it was read; try again")
-            continue
-        lock = MountdLock(mountd_statedir, timeout, shared=True)
-        try:
-            lock.acquire()
-        except errors.RmtabError as exc:
-            if _cannot_lock_but_may_read(exc):
-                return _settled_read(path, progress)
-            raise
-        try:
-            if snap.trusted(path, FileState.of(path)):
-                return snap
-            attempts += 1
-            if attempts > OPTIMISTIC_RETRIES:
-                return _read_under_lock(path, progress)
-        finally:
-            lock.release()
+        else:
+            lock = MountdLock(mountd_statedir, timeout, shared=True)
+            try:
+                lock.acquire()
+            except errors.RmtabError as exc:
+                if _cannot_lock_but_may_read(exc):
+                    return _settled_read(path, progress)
+                raise
+            try:
+                if snap.trusted(path, FileState.of(path)):
+                    return snap
+                attempts += 1
+                if attempts > OPTIMISTIC_RETRIES:
+                    return _read_under_lock(path, progress)
+            finally:
+                lock.release()
+                if report is not None:
+                    report.lock_wait_seconds += lock.wait_seconds
+                    report.lock_hold_seconds += lock.hold_seconds
+                    report.lock_acquisitions += 1
             if report is not None:
-                report.lock_wait_seconds += lock.wait_seconds
-                report.lock_hold_seconds += lock.hold_seconds
-                report.lock_acquisitions += 1
-        if report is not None:
-            report.rereads += 1
+                report.rereads += 1
+        snap = _read_once(path, settle=mountd_statedir is not None, progress=progress)
 
 
 def read_snapshot(
@@ -1261,6 +1274,7 @@ def _rewrite_locked(
             report.lock_hold_seconds += mountd.hold_seconds
 
     snap = _read_once(path, settle=mountd is not None, progress=progress)
+    confirmed: Optional[_Snapshot] = None  # a snapshot _confirm proved complete
     retries = 0
     committed: Optional[AtomicWriter] = None
     collided: Optional[int] = None  # the mtime second our new file shares with the old one
@@ -1270,7 +1284,21 @@ def _rewrite_locked(
             _check_signals()
             out = _Output(path, snap, dry_run=False)
             try:
-                _stream(build, snap, out)
+                try:
+                    _stream(build, snap, out)
+                except errors.RmtabError:
+                    # build() refused the whole operation for what the file holds
+                    # (--strict and a rejected line). Decide that on one complete
+                    # version, not on a read torn by mountd's UMNT (it renames its
+                    # temp file into place BEFORE writing it): confirmed like a pure
+                    # read, under the shared lock. Only this failure path takes it.
+                    if snap is None or snap is confirmed:
+                        raise
+                    confirmed = _confirm(path, snap, mountd_statedir, timeout, report, progress)
+                    if confirmed is snap:
+                        raise
+                    snap = confirmed
+                    continue
                 if out.identical():
                     # The file, as it is right now, already holds exactly this.
                     report.snapshot = snap.result if snap is not None else None
