@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
 import stat
@@ -88,6 +89,42 @@ def test_rewrite_replaces_content_by_rename(rmtab: Path, live: bool) -> None:
     assert not (rmtab.parent / "rmtab.tmp").exists()  # that name is mountd's
     assert (report.lock_acquisitions == 1) is live
     assert (report.lock_hold_seconds > 0) is live
+
+
+@pytest.mark.parametrize("live", [True, False], ids=["live", "other-file"])
+def test_temp_file_is_fsynced_before_the_rename_and_the_directory_after(
+    rmtab: Path, monkeypatch: pytest.MonkeyPatch, live: bool
+) -> None:
+    """Crash safety rests on this order: the new data is on disk before its name
+    replaces the old file (else a crash can leave an empty or partial rmtab under
+    the real name), and the directory is synced after the rename (else the
+    rename itself may be lost). Every fsync and rename is recorded, with what
+    each fsync was for (the file by its inode, the directory)."""
+    events: list[tuple[str, ...]] = []
+    real_fsync, real_rename = os.fsync, os.rename
+
+    def fsync(fd: int) -> None:
+        st = os.fstat(fd)
+        kind = "dir" if stat.S_ISDIR(st.st_mode) else "file"
+        events.append(("fsync", kind, f"{st.st_dev}:{st.st_ino}"))
+        real_fsync(fd)
+
+    def rename(src: str, dst: str, **kwargs: int) -> None:
+        events.append(("rename", os.fspath(src), os.fspath(dst)))
+        real_rename(src, dst, **kwargs)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "rename", rename)
+    report = rewrite_file(rmtab, dedupe, mountd_statedir=rmtab.parent if live else None, timeout=5)
+    monkeypatch.undo()
+    assert report.changed
+    new, directory = os.stat(rmtab), os.stat(rmtab.parent)
+    assert len(events) == 3, events
+    assert events[0] == ("fsync", "file", f"{new.st_dev}:{new.st_ino}")  # the data, then
+    op, temp, dst = events[1]
+    assert (op, dst) == ("rename", "rmtab")  # its name (dir_fd-relative), then
+    assert temp_name_pattern(rmtab).fullmatch(temp)
+    assert events[2] == ("fsync", "dir", f"{directory.st_dev}:{directory.st_ino}")  # the dir
 
 
 def test_identical_content_is_not_written_at_all(rmtab: Path) -> None:
@@ -212,6 +249,30 @@ def test_posix_acl_is_kept_where_supported(rmtab: Path) -> None:
         pytest.skip(f"no POSIX ACLs on this filesystem: {exc.strerror}")
     rewrite_file(rmtab, dedupe, mountd_statedir=None, timeout=5)
     assert os.getxattr(rmtab, "system.posix_acl_access") == acl
+
+
+SELINUX_LABEL = b"system_u:object_r:nfs_var_lib_t:s0\x00"
+
+
+@pytest.mark.parametrize("live", [True, False], ids=["live", "other-file"])
+def test_selinux_label_is_kept(rmtab: Path, live: bool) -> None:
+    """The new file gets the old one's security.selinux, not the label a new file
+    in that directory would get (without it, an enforcing policy can deny
+    rpc.mountd its own rmtab). Without SELinux the attribute is stored as is, so
+    root can set it on ext4/xfs/tmpfs: CI runs this as root and must not skip."""
+    try:
+        os.setxattr(rmtab, "security.selinux", SELINUX_LABEL)
+    except OSError as exc:
+        pytest.skip(
+            f"setxattr(security.selinux) refused here ({errno.errorcode.get(exc.errno or 0)}: "
+            f"{exc.strerror}): needs root (CAP_SYS_ADMIN) or SELinux, and a filesystem "
+            "with security xattrs"
+        )
+    old_ino = os.stat(rmtab).st_ino
+    report = rewrite_file(rmtab, dedupe, mountd_statedir=rmtab.parent if live else None, timeout=5)
+    assert report.changed
+    assert os.stat(rmtab).st_ino != old_ino  # a new file...
+    assert os.getxattr(rmtab, "security.selinux") == SELINUX_LABEL  # ...with the old label
 
 
 # ------------------------------------------------------------------ symlinks
