@@ -1279,6 +1279,7 @@ def _rewrite_locked(
     committed: Optional[AtomicWriter] = None
     collided: Optional[int] = None  # the mtime second our new file shares with the old one
     keep_old: list[Optional[int]] = []  # see _open_old
+    primary: Optional[BaseException] = None  # on its way out through the finally below
     try:
         while True:
             _check_signals()
@@ -1351,15 +1352,28 @@ def _rewrite_locked(
                 snap = _read_once(path, settle=True, progress=progress)
             else:
                 snap = _read_under_lock(path, progress)  # out of patience: keep the lock
+    except BaseException as exc:
+        primary = exc
+        raise
     finally:
-        release_mountd()
-        for fd in keep_old:  # replaced files' blocks are freed now, not under the lock
-            if fd is not None:
-                os.close(fd)
-        if committed is not None:
-            # after mountd's lock (it need not wait for the disk), and even when a
-            # signal came right after the rename: the rename must survive a crash
-            committed.sync_dir()
+        try:
+            release_mountd()
+        finally:
+            for fd in keep_old:  # replaced files' blocks are freed now, not under the lock
+                if fd is not None:
+                    with contextlib.suppress(OSError):
+                        os.close(fd)
+            if committed is not None:
+                # after mountd's lock (it need not wait for the disk), and even when a
+                # signal came right after the rename: the rename must survive a crash
+                try:
+                    committed.sync_dir()
+                except errors.RmtabError:
+                    # With an error already on its way (a signal after the rename
+                    # says the file was replaced), that one is reported; this one
+                    # would replace it.
+                    if primary is None:
+                        raise
     if collided is not None and mountd is not None:
         _restamp(path, collided, mountd, report)
 
