@@ -84,10 +84,14 @@ Build = Callable[[Optional[ReadResult]], Iterable[bytes]]
 #: after a change by rpc.mountd starts again from 0)
 ReadProgress = Callable[[int, int], None]
 
-#: Temp files are ``.<name>.rmtabtool-<16 hex digits>.tmp`` in the target's directory.
+#: Temp files are ``.<name>.rmtabtool-<16 hex digits>.tmp`` in the target's directory
+#: (a name over _NAME_KEEP bytes: ``.<its first _NAME_KEEP bytes>~<hash>.rmtabtool-...``).
 TEMP_MARK = ".rmtabtool-"
 TEMP_SUFFIX = ".tmp"
-_NAME_KEEP = 100  # characters of the target's name kept in a temp name (NAME_MAX is 255)
+#: A longer target name is cut to this many bytes in its temp names (NAME_MAX is
+#: 255) and followed by ``~`` and this many hex digits of the whole name's SHA-256.
+_NAME_KEEP = 100
+_NAME_HASH = 12
 
 #: AtomicWriter's write buffer.
 WRITE_BUFFER = 1 << 20
@@ -361,13 +365,36 @@ def is_same_file(a: StrPath, b: StrPath) -> bool:
 
 
 def _temp_prefix(name: str) -> str:
-    return f".{name[:_NAME_KEEP]}{TEMP_MARK}"
+    """``.<name>.rmtabtool-``, a long name cut to _NAME_KEEP bytes plus ``~<hash>``.
+
+    The hash of the whole name keeps two long names that share their start from
+    sharing temp names (a rewrite of one would delete the other's temp file in
+    flight), and a cut name's part (_NAME_KEEP + 13 bytes) is never as short as a
+    whole one (at most _NAME_KEEP): no temp name belongs to two targets.
+    """
+    raw = os.fsencode(name)
+    if len(raw) <= _NAME_KEEP:
+        return f".{name}{TEMP_MARK}"
+    import hashlib  # 4 ms of start-up (OpenSSL), for long names only
+
+    digest = hashlib.sha256(raw).hexdigest()[:_NAME_HASH]
+    return f".{os.fsdecode(raw[:_NAME_KEEP])}~{digest}{TEMP_MARK}"
+
+
+def _old_temp_prefix(name: str) -> Optional[str]:
+    """The prefix rmtabtool gave a long name's temps before the hash (its first 100
+    characters), when it differs from today's: killed older runs left such files."""
+    old = f".{name[:_NAME_KEEP]}{TEMP_MARK}"
+    return None if old == _temp_prefix(name) else old
+
+
+def _temp_pattern(prefix: str) -> re.Pattern[str]:
+    return re.compile(re.escape(prefix) + "[0-9a-f]{16}" + re.escape(TEMP_SUFFIX))
 
 
 def temp_name_pattern(target: StrPath) -> re.Pattern[str]:
     """The names of our temp files for ``target`` (what :func:`clean_stale_temps` removes)."""
-    name = Path(target).name
-    return re.compile(re.escape(_temp_prefix(name)) + "[0-9a-f]{16}" + re.escape(TEMP_SUFFIX))
+    return _temp_pattern(_temp_prefix(Path(target).name))
 
 
 def clean_stale_temps(target: StrPath) -> list[Path]:
@@ -376,32 +403,58 @@ def clean_stale_temps(target: StrPath) -> list[Path]:
     Call only while holding the target's :class:`~rmtabtool.locking.ToolLock`
     (a running rmtabtool's temp file looks exactly like a stale one). Names that
     are ours but owned by someone we cannot remove them for are left alone.
+    A long name's temps from before the hash are removed too; where they look
+    exactly like the temps of the target named by the first 100 characters, only
+    when that target's ToolLock can be taken at once (else a later run does it).
     """
     path = Path(target)
     directory = path.parent
     pattern = temp_name_pattern(path)
+    old_prefix = _old_temp_prefix(path.name)
+    old_pattern = _temp_pattern(old_prefix) if old_prefix is not None else None
     try:
         dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except (FileNotFoundError, NotADirectoryError):
         return []
     except OSError as exc:
         raise errors.from_oserror(exc, directory, "open the directory") from exc
-    removed: list[Path] = []
     try:
         with os.scandir(dfd) as entries:
-            names = [e.name for e in entries if pattern.fullmatch(e.name)]
-        for name in names:
-            try:
-                if stat.S_ISDIR(os.stat(name, dir_fd=dfd, follow_symlinks=False).st_mode):
-                    continue
-                os.unlink(name, dir_fd=dfd)
-            except (FileNotFoundError, PermissionError):
-                continue
-            except OSError as exc:
-                raise errors.from_oserror(exc, directory / name, "remove the stale file") from exc
-            removed.append(directory / name)
+            all_names = [e.name for e in entries]
+        names = [n for n in all_names if pattern.fullmatch(n)]
+        removed = _remove_temps(dfd, directory, names)
+        old = [n for n in all_names if old_pattern is not None and old_pattern.fullmatch(n)]
+        if old:
+            sibling = path.with_name(path.name[:_NAME_KEEP])
+            if _temp_prefix(sibling.name) != old_prefix:
+                removed += _remove_temps(dfd, directory, old)
+            else:  # they may be the sibling's, in flight
+                guard = ToolLock(sibling, 0.0)
+                try:
+                    guard.acquire()
+                except errors.RmtabError:
+                    return removed
+                try:
+                    removed += _remove_temps(dfd, directory, old)
+                finally:
+                    guard.release()
     finally:
         os.close(dfd)
+    return removed
+
+
+def _remove_temps(dfd: int, directory: Path, names: Iterable[str]) -> list[Path]:
+    removed: list[Path] = []
+    for name in names:
+        try:
+            if stat.S_ISDIR(os.stat(name, dir_fd=dfd, follow_symlinks=False).st_mode):
+                continue
+            os.unlink(name, dir_fd=dfd)
+        except (FileNotFoundError, PermissionError):
+            continue
+        except OSError as exc:
+            raise errors.from_oserror(exc, directory / name, "remove the stale file") from exc
+        removed.append(directory / name)
     return removed
 
 

@@ -17,6 +17,7 @@ from mountd_like import command
 
 from rmtabtool import errors
 from rmtabtool import safefile as sf
+from rmtabtool.locking import ToolLock
 from rmtabtool.safefile import (
     AtomicWriter,
     FileState,
@@ -569,6 +570,62 @@ def test_stale_temps_are_cleaned_by_the_next_run_and_only_ours(rmtab: Path) -> N
 
 
 # ------------------------------------------------------------------ reading
+
+
+LONG = "rmtab-backup-of-" + "x" * 84  # 100 characters, then what tells them apart
+
+
+def test_long_names_sharing_their_first_100_characters_do_not_share_temp_names(
+    tmp_path: Path,
+) -> None:
+    """Temp names keep only the start of a long target name. Two targets that share
+    it must still not match each other's stale-temp pattern: a rewrite of one
+    would delete the other's temp file in flight (they hold different locks)."""
+    a, b = tmp_path / f"{LONG}-a", tmp_path / f"{LONG}-b"
+    a.write_bytes(BLOATED)
+    with AtomicWriter(b) as writer:  # b's rewrite, in flight
+        writer.write(b"10.0.0.2:/srv/b:0x00000001\n")
+        assert not temp_name_pattern(a).fullmatch(writer.temp_name)
+        assert temp_name_pattern(b).fullmatch(writer.temp_name)
+        report = rewrite_file(a, dedupe, mountd_statedir=None, timeout=5)
+        assert report.stale_temps_removed == []
+        assert writer.temp_path.exists()
+    assert b.read_bytes() == b"10.0.0.2:/srv/b:0x00000001\n"
+    assert a.read_bytes() == CANONICAL
+    assert temps(tmp_path) == []
+
+
+def test_temp_names_fit_name_max_for_long_non_ascii_names(tmp_path: Path) -> None:
+    """NAME_MAX is 255 bytes. The temp name keeps at most 100 bytes of the target's
+    name (it kept 100 characters: 75 three-byte characters made a temp name of 258
+    bytes, and the rewrite failed with ENAMETOOLONG)."""
+    target = tmp_path / ("\u20ac" * 75)  # 225 bytes in UTF-8
+    report = rewrite_file(
+        target, const(b"10.0.0.1:/srv/a:0x00000001\n"), mountd_statedir=None, timeout=5
+    )
+    assert report.created
+    assert target.read_bytes() == b"10.0.0.1:/srv/a:0x00000001\n"
+
+
+def test_stale_temps_of_the_old_cut_name_scheme_are_still_cleaned(tmp_path: Path) -> None:
+    """Before the hash, a long name's temps were ``.<first 100 characters>.rmtabtool-
+    <16 hex>.tmp``: exactly the temps of a target named by those 100 characters.
+    Left by a killed older version, they are removed by the long target's next
+    rewrite, but only while no rewrite of that 100-character target can be running
+    (its rmtabtool lock is taken at once, or they are left for later)."""
+    long_target, short_target = tmp_path / f"{LONG}-a", tmp_path / LONG
+    long_target.write_bytes(BLOATED)
+    old_style = tmp_path / f".{LONG}.rmtabtool-00112233445566ff.tmp"
+    old_style.write_bytes(b"junk")
+    assert temp_name_pattern(short_target).fullmatch(old_style.name)  # the ambiguity
+    with ToolLock(short_target, timeout=5):  # a rewrite of the short one runs
+        report = rewrite_file(long_target, dedupe, mountd_statedir=None, timeout=5)
+    assert report.stale_temps_removed == []
+    assert old_style.exists()
+    long_target.write_bytes(BLOATED)
+    report = rewrite_file(long_target, dedupe, mountd_statedir=None, timeout=5)
+    assert report.stale_temps_removed == [old_style]
+    assert not old_style.exists()
 
 
 def test_read_snapshot(rmtab: Path) -> None:
