@@ -32,6 +32,7 @@ from .safefile import (
     ReadProgress,
     RewriteReport,
     is_same_file,
+    open_append,
     read_snapshot,
     rewrite_file,
 )
@@ -354,14 +355,15 @@ def _rejects_path(target: Path, rejects: Optional[PathArg]) -> Path:
 
 
 def append_rejects(path: Path, rejected: Sequence[RejectedLine]) -> None:
-    """Append each distinct rejected line once, byte-exact, newline-terminated; fsync."""
+    """Append each distinct rejected line once, byte-exact, newline-terminated; fsync.
+
+    ``path`` is opened like any output (:func:`~rmtabtool.safefile.open_append`).
+    """
     if not rejected:
         return
     data = b"".join(r.line + b"\n" for r in rejected)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    except OSError as exc:
-        raise errors.from_oserror(exc, path, "create rejects file") from exc
+    # links by other users, FIFOs, devices and foreign hard links are refused
+    fd, path = open_append(path)
     start = -1
     try:
         start = os.fstat(fd).st_size

@@ -1,7 +1,9 @@
 """Crash-safe replacement of a file rpc.mountd may be using, and consistent reads of it.
 
 Everything rmtabtool writes goes through :func:`rewrite_file` (or, for a plain
-new file, :class:`AtomicWriter`):
+new file, :class:`AtomicWriter`), except the one file appended in place,
+``<file>.rejects``, which is opened by :func:`open_append` under the same rules
+for links:
 
 * the new content is streamed into a hidden temporary file of ours beside the
   real target (``.<name>.rmtabtool-<random>.tmp``, created ``O_EXCL|O_NOFOLLOW``;
@@ -53,7 +55,7 @@ from types import FrameType, TracebackType
 from typing import Any, BinaryIO, Optional, Union
 
 from . import errors
-from .locking import MountdLock, ToolLock
+from .locking import MountdLock, ToolLock, _shared_directory
 from .table import CHUNK_SIZE, ReadResult, read_bytes, read_table
 
 __all__ = [
@@ -68,6 +70,7 @@ __all__ = [
     "SignalReceived",
     "clean_stale_temps",
     "is_same_file",
+    "open_append",
     "read_snapshot",
     "resolve_target",
     "rewrite_file",
@@ -81,10 +84,14 @@ Build = Callable[[Optional[ReadResult]], Iterable[bytes]]
 #: after a change by rpc.mountd starts again from 0)
 ReadProgress = Callable[[int, int], None]
 
-#: Temp files are ``.<name>.rmtabtool-<16 hex digits>.tmp`` in the target's directory.
+#: Temp files are ``.<name>.rmtabtool-<16 hex digits>.tmp`` in the target's directory
+#: (a name over _NAME_KEEP bytes: ``.<its first _NAME_KEEP bytes>~<hash>.rmtabtool-...``).
 TEMP_MARK = ".rmtabtool-"
 TEMP_SUFFIX = ".tmp"
-_NAME_KEEP = 100  # characters of the target's name kept in a temp name (NAME_MAX is 255)
+#: A longer target name is cut to this many bytes in its temp names (NAME_MAX is
+#: 255) and followed by ``~`` and this many hex digits of the whole name's SHA-256.
+_NAME_KEEP = 100
+_NAME_HASH = 12
 
 #: AtomicWriter's write buffer.
 WRITE_BUFFER = 1 << 20
@@ -239,6 +246,88 @@ def _check_link_owner(link: str, st: os.stat_result) -> None:
     )
 
 
+def open_append(path: StrPath, mode: int = 0o644) -> tuple[int, Path]:
+    """Open ``path`` to append to it in place (created ``mode`` if missing): ``(fd, file)``.
+
+    For the one file rmtabtool writes in place rather than by rename,
+    ``<file>.rejects``: its name is reached like every other output's. Symbolic
+    links are followed only when they belong to root or to the caller
+    (:func:`resolve_target`, exit 77), and the final open is ``O_NOFOLLOW``, so
+    a link swapped in afterwards is judged again rather than followed. Anything
+    but a regular file is refused (exit 66, like a FIFO or device at any output's
+    name; a directory 73) before it is opened when it is already there, so a
+    device is never opened; ``O_NONBLOCK`` keeps a FIFO swapped in meanwhile from
+    hanging the open. An append writes through every name of the file: one with
+    more than one link is refused (77) where someone other than root or the
+    caller could have made the second name (see :func:`_check_append_links`).
+    """
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    for _ in range(_MAX_SYMLINKS):
+        target = resolve_target(path)
+        try:
+            st: Optional[os.stat_result] = os.lstat(target)
+        except FileNotFoundError:
+            st = None
+        except OSError as exc:
+            raise errors.from_oserror(exc, target, "append to") from exc
+        if st is not None:
+            if stat.S_ISLNK(st.st_mode):
+                continue  # a link appeared since resolve_target: judge it like any link
+            _check_appendable(target, st)
+        try:
+            fd = os.open(target, flags, mode)
+        except OSError as exc:
+            # the same, a moment later: O_NOFOLLOW gives ELOOP (EACCES in a sticky
+            # directory, for another user's link)
+            if exc.errno in (errno.ELOOP, errno.EACCES) and os.path.islink(target):
+                continue
+            if exc.errno == errno.ENXIO:  # a FIFO nobody reads, swapped in meanwhile
+                raise errors.InputMissing(f"cannot append to {target}: not a regular file") from exc
+            raise errors.from_oserror(exc, target, "append to") from exc
+        try:
+            _check_appendable(target, os.fstat(fd))
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd, target
+    raise errors.OutputError(f"cannot open {os.fspath(path)}: symbolic links keep appearing at it")
+
+
+def _check_appendable(target: Path, st: os.stat_result) -> None:
+    if stat.S_ISDIR(st.st_mode):
+        raise errors.OutputError(f"cannot append to {target}: it is a directory")
+    if not stat.S_ISREG(st.st_mode):
+        raise errors.InputMissing(f"cannot append to {target}: not a regular file")
+    _check_append_links(target, st)
+
+
+def _check_append_links(target: Path, st: os.stat_result) -> None:
+    """Append to a file with several names only when nobody else could have added one.
+
+    A hard link has no owner of its own: ``ln /etc/cron.d/job EXPORT/x.rejects``
+    (allowed where fs.protected_hardlinks is 0, or for any file the user may read
+    and write) looks exactly like root's own file, and appending to it writes
+    that job. Where only root and the caller create names (a state directory), a
+    second name is their own doing (a hard-link snapshot) and is written through;
+    where others can (group- or world-writable, or another user's directory, the
+    rule locking applies to its lock files), or when the file belongs to a third
+    user, it is refused. Replaced files need no such rule: rename replaces the name.
+    """
+    if st.st_nlink <= 1:
+        return
+    if st.st_uid not in (os.geteuid(), 0):
+        why = f"it belongs to uid {st.st_uid}"
+    elif _shared_directory(target.parent):
+        why = "others can create names in its directory"
+    else:
+        return
+    raise errors.PermissionDenied(
+        f"refusing to append to {target}: it has {st.st_nlink} hard links and {why}, so "
+        "another name of it may be a file that must not be written; nothing was written: "
+        "remove the link"
+    )
+
+
 def _real_directory(path: str) -> Path:
     """``path`` with its directory part canonical (symlinks and ``..`` resolved)."""
     head, name = os.path.split(path)
@@ -276,13 +365,36 @@ def is_same_file(a: StrPath, b: StrPath) -> bool:
 
 
 def _temp_prefix(name: str) -> str:
-    return f".{name[:_NAME_KEEP]}{TEMP_MARK}"
+    """``.<name>.rmtabtool-``, a long name cut to _NAME_KEEP bytes plus ``~<hash>``.
+
+    The hash of the whole name keeps two long names that share their start from
+    sharing temp names (a rewrite of one would delete the other's temp file in
+    flight), and a cut name's part (_NAME_KEEP + 13 bytes) is never as short as a
+    whole one (at most _NAME_KEEP): no temp name belongs to two targets.
+    """
+    raw = os.fsencode(name)
+    if len(raw) <= _NAME_KEEP:
+        return f".{name}{TEMP_MARK}"
+    import hashlib  # 4 ms of start-up (OpenSSL), for long names only
+
+    digest = hashlib.sha256(raw).hexdigest()[:_NAME_HASH]
+    return f".{os.fsdecode(raw[:_NAME_KEEP])}~{digest}{TEMP_MARK}"
+
+
+def _old_temp_prefix(name: str) -> Optional[str]:
+    """The prefix rmtabtool gave a long name's temps before the hash (its first 100
+    characters), when it differs from today's: killed older runs left such files."""
+    old = f".{name[:_NAME_KEEP]}{TEMP_MARK}"
+    return None if old == _temp_prefix(name) else old
+
+
+def _temp_pattern(prefix: str) -> re.Pattern[str]:
+    return re.compile(re.escape(prefix) + "[0-9a-f]{16}" + re.escape(TEMP_SUFFIX))
 
 
 def temp_name_pattern(target: StrPath) -> re.Pattern[str]:
     """The names of our temp files for ``target`` (what :func:`clean_stale_temps` removes)."""
-    name = Path(target).name
-    return re.compile(re.escape(_temp_prefix(name)) + "[0-9a-f]{16}" + re.escape(TEMP_SUFFIX))
+    return _temp_pattern(_temp_prefix(Path(target).name))
 
 
 def clean_stale_temps(target: StrPath) -> list[Path]:
@@ -291,32 +403,58 @@ def clean_stale_temps(target: StrPath) -> list[Path]:
     Call only while holding the target's :class:`~rmtabtool.locking.ToolLock`
     (a running rmtabtool's temp file looks exactly like a stale one). Names that
     are ours but owned by someone we cannot remove them for are left alone.
+    A long name's temps from before the hash are removed too; where they look
+    exactly like the temps of the target named by the first 100 characters, only
+    when that target's ToolLock can be taken at once (else a later run does it).
     """
     path = Path(target)
     directory = path.parent
     pattern = temp_name_pattern(path)
+    old_prefix = _old_temp_prefix(path.name)
+    old_pattern = _temp_pattern(old_prefix) if old_prefix is not None else None
     try:
         dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except (FileNotFoundError, NotADirectoryError):
         return []
     except OSError as exc:
         raise errors.from_oserror(exc, directory, "open the directory") from exc
-    removed: list[Path] = []
     try:
         with os.scandir(dfd) as entries:
-            names = [e.name for e in entries if pattern.fullmatch(e.name)]
-        for name in names:
-            try:
-                if stat.S_ISDIR(os.stat(name, dir_fd=dfd, follow_symlinks=False).st_mode):
-                    continue
-                os.unlink(name, dir_fd=dfd)
-            except (FileNotFoundError, PermissionError):
-                continue
-            except OSError as exc:
-                raise errors.from_oserror(exc, directory / name, "remove the stale file") from exc
-            removed.append(directory / name)
+            all_names = [e.name for e in entries]
+        names = [n for n in all_names if pattern.fullmatch(n)]
+        removed = _remove_temps(dfd, directory, names)
+        old = [n for n in all_names if old_pattern is not None and old_pattern.fullmatch(n)]
+        if old:
+            sibling = path.with_name(path.name[:_NAME_KEEP])
+            if _temp_prefix(sibling.name) != old_prefix:
+                removed += _remove_temps(dfd, directory, old)
+            else:  # they may be the sibling's, in flight
+                guard = ToolLock(sibling, 0.0)
+                try:
+                    guard.acquire()
+                except errors.RmtabError:
+                    return removed
+                try:
+                    removed += _remove_temps(dfd, directory, old)
+                finally:
+                    guard.release()
     finally:
         os.close(dfd)
+    return removed
+
+
+def _remove_temps(dfd: int, directory: Path, names: Iterable[str]) -> list[Path]:
+    removed: list[Path] = []
+    for name in names:
+        try:
+            if stat.S_ISDIR(os.stat(name, dir_fd=dfd, follow_symlinks=False).st_mode):
+                continue
+            os.unlink(name, dir_fd=dfd)
+        except (FileNotFoundError, PermissionError):
+            continue
+        except OSError as exc:
+            raise errors.from_oserror(exc, directory / name, "remove the stale file") from exc
+        removed.append(directory / name)
     return removed
 
 
@@ -788,18 +926,30 @@ def _consistent_read(
     report: Optional[RewriteReport],
     progress: Optional[ReadProgress] = None,
 ) -> Optional[_Snapshot]:
-    """Read ``path`` and prove the read saw one complete version of it.
+    """Read ``path`` and prove the read saw one complete version of it (see :func:`_confirm`)."""
+    snap = _read_once(path, settle=mountd_statedir is not None, progress=progress)
+    return _confirm(path, snap, mountd_statedir, timeout, report, progress)
 
-    The read runs without mountd's lock; its state is then confirmed under the
-    SHARED lock (so mountd is not in the middle of writing). A changed file is
-    read again without the lock up to OPTIMISTIC_RETRIES times, then once more
-    while holding the lock.
+
+def _confirm(
+    path: Path,
+    snap: Optional[_Snapshot],
+    mountd_statedir: Optional[Path],
+    timeout: float,
+    report: Optional[RewriteReport],
+    progress: Optional[ReadProgress] = None,
+) -> Optional[_Snapshot]:
+    """``snap`` when it provably is one complete version of ``path``, else a read that is.
+
+    The read ran without mountd's lock; its state (device, inode, size, mtime) is
+    confirmed under the SHARED lock (so mountd is not in the middle of writing).
+    A changed file is read again without the lock up to OPTIMISTIC_RETRIES times,
+    then once more while holding the lock.
     """
     attempts = 0
     while True:
-        snap = _read_once(path, settle=mountd_statedir is not None, progress=progress)
-        if snap is None:
-            return None  # mountd only ever renames a complete name into place
+        if snap is None or snap.under_lock:
+            return snap  # mountd only ever renames a complete name into place
         if mountd_statedir is None:
             # Files mountd does not write only change by rename (rmtabtool) or are
             # written by programs we cannot lock against anyway.
@@ -808,28 +958,29 @@ def _consistent_read(
             attempts += 1
             if attempts > OPTIMISTIC_RETRIES:
                 raise errors.IOFailure(f"{path} kept changing while it was read; try again")
-            continue
-        lock = MountdLock(mountd_statedir, timeout, shared=True)
-        try:
-            lock.acquire()
-        except errors.RmtabError as exc:
-            if _cannot_lock_but_may_read(exc):
-                return _settled_read(path, progress)
-            raise
-        try:
-            if snap.trusted(path, FileState.of(path)):
-                return snap
-            attempts += 1
-            if attempts > OPTIMISTIC_RETRIES:
-                return _read_under_lock(path, progress)
-        finally:
-            lock.release()
+        else:
+            lock = MountdLock(mountd_statedir, timeout, shared=True)
+            try:
+                lock.acquire()
+            except errors.RmtabError as exc:
+                if _cannot_lock_but_may_read(exc):
+                    return _settled_read(path, progress)
+                raise
+            try:
+                if snap.trusted(path, FileState.of(path)):
+                    return snap
+                attempts += 1
+                if attempts > OPTIMISTIC_RETRIES:
+                    return _read_under_lock(path, progress)
+            finally:
+                lock.release()
+                if report is not None:
+                    report.lock_wait_seconds += lock.wait_seconds
+                    report.lock_hold_seconds += lock.hold_seconds
+                    report.lock_acquisitions += 1
             if report is not None:
-                report.lock_wait_seconds += lock.wait_seconds
-                report.lock_hold_seconds += lock.hold_seconds
-                report.lock_acquisitions += 1
-        if report is not None:
-            report.rereads += 1
+                report.rereads += 1
+        snap = _read_once(path, settle=mountd_statedir is not None, progress=progress)
 
 
 def read_snapshot(
@@ -1176,16 +1327,32 @@ def _rewrite_locked(
             report.lock_hold_seconds += mountd.hold_seconds
 
     snap = _read_once(path, settle=mountd is not None, progress=progress)
+    confirmed: Optional[_Snapshot] = None  # a snapshot _confirm proved complete
     retries = 0
     committed: Optional[AtomicWriter] = None
     collided: Optional[int] = None  # the mtime second our new file shares with the old one
     keep_old: list[Optional[int]] = []  # see _open_old
+    primary: Optional[BaseException] = None  # on its way out through the finally below
     try:
         while True:
             _check_signals()
             out = _Output(path, snap, dry_run=False)
             try:
-                _stream(build, snap, out)
+                try:
+                    _stream(build, snap, out)
+                except errors.RmtabError:
+                    # build() refused the whole operation for what the file holds
+                    # (--strict and a rejected line). Decide that on one complete
+                    # version, not on a read torn by mountd's UMNT (it renames its
+                    # temp file into place BEFORE writing it): confirmed like a pure
+                    # read, under the shared lock. Only this failure path takes it.
+                    if snap is None or snap is confirmed:
+                        raise
+                    confirmed = _confirm(path, snap, mountd_statedir, timeout, report, progress)
+                    if confirmed is snap:
+                        raise
+                    snap = confirmed
+                    continue
                 if out.identical():
                     # The file, as it is right now, already holds exactly this.
                     report.snapshot = snap.result if snap is not None else None
@@ -1238,15 +1405,28 @@ def _rewrite_locked(
                 snap = _read_once(path, settle=True, progress=progress)
             else:
                 snap = _read_under_lock(path, progress)  # out of patience: keep the lock
+    except BaseException as exc:
+        primary = exc
+        raise
     finally:
-        release_mountd()
-        for fd in keep_old:  # replaced files' blocks are freed now, not under the lock
-            if fd is not None:
-                os.close(fd)
-        if committed is not None:
-            # after mountd's lock (it need not wait for the disk), and even when a
-            # signal came right after the rename: the rename must survive a crash
-            committed.sync_dir()
+        try:
+            release_mountd()
+        finally:
+            for fd in keep_old:  # replaced files' blocks are freed now, not under the lock
+                if fd is not None:
+                    with contextlib.suppress(OSError):
+                        os.close(fd)
+            if committed is not None:
+                # after mountd's lock (it need not wait for the disk), and even when a
+                # signal came right after the rename: the rename must survive a crash
+                try:
+                    committed.sync_dir()
+                except errors.RmtabError:
+                    # With an error already on its way (a signal after the rename
+                    # says the file was replaced), that one is reported; this one
+                    # would replace it.
+                    if primary is None:
+                        raise
     if collided is not None and mountd is not None:
         _restamp(path, collided, mountd, report)
 

@@ -16,7 +16,9 @@ It follows nfs-utils (``utils/mountd/rmtab.c``, ``support/nfs/rmtab.c``,
 
 Run as a program it serves the tests' other processes::
 
-    python mountd_like.py mnt|umnt STATEDIR CLIENT PATH [--nonblock] [--gap S]
+    python mountd_like.py mnt|umnt STATEDIR CLIENT PATH [--nonblock] [--gap S] [--hold]
+        (umnt --hold: prints "renamed" once the file is renamed into place and
+        writes its tail only when stdin closes: a gap of the caller's choosing)
     python mountd_like.py worker STATEDIR WORKER_ID SEED OPS [--gap S] [--pause S] [--stop FILE]
         (prints "started" after its first op, and how many ops it did at the end)
     python mountd_like.py hold LOCKFILE lockf-ex|lockf-sh|flock-ex
@@ -150,12 +152,19 @@ def mnt(statedir: Path, client: bytes, path: bytes, *, blocking: bool = True) ->
 
 
 def umnt(
-    statedir: Path, client: bytes, path: bytes, *, blocking: bool = True, gap: float = 0.0
+    statedir: Path,
+    client: bytes,
+    path: bytes,
+    *,
+    blocking: bool = True,
+    gap: float = 0.0,
+    in_gap: Optional[Callable[[], object]] = None,
 ) -> bool:
     """UMNT: decrement every matching line, drop at 0, rewrite via rmtab.tmp + rename.
 
     The part of the data past the last whole stdio buffer is written after the
-    rename (``gap`` seconds later), as mountd's fclose() does.
+    rename (``gap`` seconds later, or once ``in_gap()`` returns), as mountd's
+    fclose() does.
     """
     fd = _lock(statedir, exclusive=True, blocking=blocking)
     if fd is None:
@@ -181,6 +190,8 @@ def umnt(
             os.rename(tmp, target)
             if gap:
                 time.sleep(gap)
+            if in_gap is not None:
+                in_gap()
             f.write(data[cut:])
         return True
     finally:
@@ -369,6 +380,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         p.add_argument("path")
         p.add_argument("--nonblock", action="store_true")
         p.add_argument("--gap", type=float, default=0.0)
+        p.add_argument(
+            "--hold",
+            action="store_true",
+            help="umnt: after the rename say 'renamed' and write the tail once stdin closes",
+        )
     w = sub.add_parser("worker")
     w.add_argument("statedir", type=Path)
     w.add_argument("worker", type=int)
@@ -404,10 +420,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         hold(args.lockfile, args.how)
         return 0
     client, path = os.fsencode(args.client), os.fsencode(args.path)
+
+    def hold_gap() -> None:
+        sys.stdout.write("renamed\n")
+        sys.stdout.flush()
+        sys.stdin.read()
+
     if args.cmd == "mnt":
         done = mnt(args.statedir, client, path, blocking=not args.nonblock)
     else:
-        done = umnt(args.statedir, client, path, blocking=not args.nonblock, gap=args.gap)
+        done = umnt(
+            args.statedir,
+            client,
+            path,
+            blocking=not args.nonblock,
+            gap=args.gap,
+            in_gap=hold_gap if args.hold else None,
+        )
     return 0 if done else 3  # 3: the lock was busy (--nonblock)
 
 

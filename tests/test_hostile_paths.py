@@ -23,6 +23,10 @@ what is not, checked here with the installed command:
   refused (exit 77) wherever it is, a stricter rule than the kernel's
   fs.protected_symlinks, applied by rmtabtool itself (it resolves links on its
   own): tests/test_safefile_hardening.py;
+* the rejects file (``EXPORT/.rmtab.rejects``, appended in place by dedupe,
+  merge --into, restore, forget): links followed under the same owner rule,
+  opened ``O_NOFOLLOW``, FIFOs and devices refused without hanging or writing,
+  a hard link refused where others can create names beside it;
 * restore reads a backup an attacker may have written: only entries under the
   export are taken, rejected lines never reach the live rmtab, and the content
   of an unrelated file the backup links to is not echoed.
@@ -315,3 +319,137 @@ def test_restore_from_a_backup_linked_to_a_secret_neither_merges_nor_echoes_it(
     assert site.live.read_bytes() == before_live
     assert b"s3cr3t" not in proc.stdout + proc.stderr
     assert identity(secret)[0].startswith(b"root:$6$s3cr3t$")
+
+
+# ---------------------------------------------------------------- the rejects file
+
+#: a line rmtabtool rejects (no colon), appended byte-exact to <file>.rejects: in a
+#: crontab it would be a job
+EVIL = b"* * * * * root evil-command"
+
+
+def rewrite_in_place(site: Site, command: str) -> tuple[str | Path, ...]:
+    """A command that rewrites ``EXPORT/.rmtab`` in place, whose rejected lines go to
+    ``EXPORT/.rmtab.rejects``: every in-place command appends rejects."""
+    other = site.etc / "other-backup"
+    other.write_bytes(b"10.0.0.7:%s:0x00000001\n" % os.fsencode(site.export))
+    return {
+        "dedupe": ("dedupe", site.backup),
+        "merge-into": ("merge", other, "--into", site.backup),
+        "restore": ("restore", site.export, "--from", other, "--rmtab", site.backup),
+        "forget": ("forget", "--client", "10.0.0.1", "--rmtab", site.backup),
+    }[command]
+
+
+def plant_rejected_line(site: Site) -> bytes:
+    content = site.entries() * 2 + EVIL + b"\n"
+    site.backup.write_bytes(content)
+    return content
+
+
+IN_PLACE = ["dedupe", "merge-into", "restore", "forget"]
+
+
+@needs_root
+@pytest.mark.parametrize("command", IN_PLACE)
+def test_a_rejects_symlink_planted_by_another_user_is_refused(site: Site, command: str) -> None:
+    """uid 1000 plants EXPORT/.rmtab.rejects -> a root-owned file and a colon-less
+    line in EXPORT/.rmtab; root's in-place rewrite must not append that line to
+    the file the link points at (exit 77 like every refused link, nothing written)."""
+    target = victim(site, "cron-job", b"# root's crontab\n")
+    before = identity(target)
+    content = plant_rejected_line(site)
+    link = Path(f"{site.backup}.rejects")
+    plant_symlink(link, target)
+    proc = run(*rewrite_in_place(site, command))
+    assert identity(target) == before, "rejected line appended through the link"
+    assert proc.returncode == 77, proc.stderr
+    assert str(link) in proc.stderr.decode()
+    assert site.backup.read_bytes() == content  # refused before the rename
+    assert link.is_symlink()
+
+
+@needs_root
+def test_a_dangling_rejects_symlink_planted_by_another_user_creates_nothing(site: Site) -> None:
+    plant_rejected_line(site)
+    created = site.etc / "cron.d-evil"
+    plant_symlink(Path(f"{site.backup}.rejects"), created)
+    proc = run("dedupe", site.backup)
+    assert proc.returncode == 77, proc.stderr
+    assert not created.exists()
+
+
+def test_a_rejects_symlink_made_by_root_is_followed(site: Site) -> None:
+    """The owner rule, not a ban on links: root's own link is followed."""
+    plant_rejected_line(site)
+    stored = site.etc / "rejects-kept-elsewhere"
+    Path(f"{site.backup}.rejects").symlink_to(stored)
+    proc = run("dedupe", site.backup)
+    assert proc.returncode == 0, proc.stderr
+    assert stored.read_bytes() == EVIL + b"\n"
+    assert site.backup.read_bytes() == site.entries()
+
+
+def test_a_fifo_at_the_rejects_name_neither_hangs_nor_is_written(site: Site) -> None:
+    """A FIFO nobody reads would block open(O_WRONLY) forever; one somebody reads
+    would receive the rejected lines. Either way: refused (exit 66, like a FIFO
+    planted as any other output), nothing written."""
+    content = plant_rejected_line(site)
+    fifo = Path(f"{site.backup}.rejects")
+    os.mkfifo(fifo)
+    proc = run("dedupe", site.backup, timeout=20)  # a hang fails the test
+    assert proc.returncode == 66, proc.stderr
+    assert "not a regular file" in proc.stderr.decode()
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        proc = run("dedupe", site.backup, timeout=20)
+        assert proc.returncode == 66, proc.stderr
+        assert os.read(reader, 4096) == b"", "rejected lines written into the FIFO"
+    finally:
+        os.close(reader)
+    assert site.backup.read_bytes() == content
+
+
+def test_a_device_at_the_rejects_name_is_never_written(site: Site) -> None:
+    """A link (made by root, so followed) to a device: the device is not even opened."""
+    content = plant_rejected_line(site)
+    Path(f"{site.backup}.rejects").symlink_to("/dev/full")
+    proc = run("dedupe", site.backup)
+    assert proc.returncode == 66, proc.stderr
+    assert "not a regular file" in proc.stderr.decode()
+    assert site.backup.read_bytes() == content
+
+
+def test_a_hard_linked_rejects_file_in_a_directory_others_write_in_is_refused(
+    site: Site,
+) -> None:
+    """``ln /etc/cron.d/job EXPORT/.rmtab.rejects`` (possible where
+    fs.protected_hardlinks is 0, or for a file the attacker may read and write):
+    the rejects file is appended in place, so a second name there would be written
+    through. Refused (77) when others can create names in its directory."""
+    target = victim(site, "cron-job", b"# root's crontab\n")
+    content = plant_rejected_line(site)
+    os.link(target, f"{site.backup}.rejects")
+    before = identity(target)
+    proc = run("dedupe", site.backup)
+    assert proc.returncode == 77, proc.stderr
+    assert "link" in proc.stderr.decode()
+    assert identity(target) == before
+    assert site.backup.read_bytes() == content
+
+
+def test_a_hard_linked_rejects_file_in_a_directory_only_root_writes_is_appended(
+    tmp_path: Path,
+) -> None:
+    """In a directory where only root (and the caller) create names, a second name
+    can only be root's own doing (a hard-link snapshot of /var/lib/nfs): kept working."""
+    statedir = tmp_path / "varlibnfs"
+    statedir.mkdir(mode=0o755)
+    live = statedir / "rmtab"
+    live.write_bytes(b"10.0.0.1:/srv/a:0x00000001\n" * 2 + EVIL + b"\n")
+    snapshot = tmp_path / "snapshot-rmtab.rejects"
+    snapshot.write_bytes(b"old\n")
+    os.link(snapshot, f"{live}.rejects")
+    proc = run("dedupe", "--rmtab", live)
+    assert proc.returncode == 0, proc.stderr
+    assert Path(f"{live}.rejects").read_bytes() == b"old\n" + EVIL + b"\n"

@@ -19,6 +19,8 @@ from typing import Optional
 import pytest
 from mountd_like import command, model, plan
 
+from rmtabtool import operations
+from rmtabtool import safefile as sf
 from rmtabtool.entry import Entry, format_entry
 from rmtabtool.safefile import read_snapshot, rewrite_file
 from rmtabtool.table import ReadResult, read_bytes, read_table
@@ -229,3 +231,75 @@ def test_rewrite_started_in_mountds_rename_window_folds_in_the_whole_file(stated
     expected = {e.key: e.count for e in STATIC}
     expected[marker(b"a")] = 1
     assert counts(final) == expected
+
+
+GONE = b"10.9.9.9:/srv/gone:0x00000001\n"
+
+
+def torn_by_umnt(static: bytes) -> bytes:
+    """``GONE`` + a filler line + ``static``, the filler sized so that once a UMNT of
+    GONE has written only its whole 4096-byte stdio buffers (mountd_like, like
+    mountd), the file ends inside a client name: a piece with no colon, a line
+    rmtabtool rejects."""
+    for pad in range(64):
+        filler = b"10.0.0.1:/srv/" + b"p" * pad + b":0x00000001\n"
+        after = filler + static
+        torn = after[: len(after) - len(after) % 4096]
+        last = torn[torn.rfind(b"\n") + 1 :]
+        if last and b":" not in last:
+            return GONE + after
+    raise AssertionError("no filler puts the cut inside a client name")
+
+
+def test_strict_refusal_is_decided_on_a_complete_file_not_on_mountds_rename_window(
+    statedir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """mountd's UMNT renames rmtab.tmp into place BEFORE writing its last buffer. A
+    --strict rewrite that reads the file in that window sees a cut last line; it
+    must not refuse (exit 65) on that read but on one confirmed complete, like a
+    pure read's (under the shared lock, which mountd holds until it has written).
+
+    Deterministic: the UMNT holds the window open until this test's first read of
+    the file has happened (no sleeps, no timing)."""
+    rmtab = statedir / "rmtab"
+    rmtab.write_bytes(torn_by_umnt(STATIC_BYTES * 2))  # twice: dedupe has work to do
+    proc = subprocess.Popen(
+        command("umnt", str(statedir), "10.9.9.9", "/srv/gone", "--hold"),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    stdin, stdout = proc.stdin, proc.stdout
+    assert stdin is not None
+    assert stdout is not None
+    reads: list[Optional[ReadResult]] = []
+    real_read_once = sf._read_once
+
+    def read_then_let_mountd_finish(
+        path: Path, *, settle: bool = False, progress: Optional[sf.ReadProgress] = None
+    ) -> Optional[sf._Snapshot]:
+        snap = real_read_once(path, settle=settle, progress=progress)
+        reads.append(snap.result if snap is not None else None)
+        if not stdin.closed:
+            stdin.close()  # only now may the UMNT write its tail
+        return snap
+
+    try:
+        assert stdout.readline() == b"renamed\n"
+        assert read_bytes(rmtab.read_bytes()).rejected  # the hazard is real
+        monkeypatch.setattr(sf, "_read_once", read_then_let_mountd_finish)
+        result = operations.dedupe(rmtab, operations.Live(rmtab, lock_timeout=60), strict=True)
+    finally:
+        if not stdin.closed:
+            stdin.close()
+        proc.wait(timeout=60)
+        stdout.close()
+    assert proc.returncode == 0
+    first = reads[0]
+    assert first is not None
+    assert first.rejected, "the rewrite's first read was not the torn one"
+    assert result.rejected == 0
+    assert result.changed
+    final = read_table(rmtab)
+    check_complete(final)
+    assert (b"10.9.9.9", b"/srv/gone") not in counts(final)
+    assert not Path(f"{rmtab}.rejects").exists()

@@ -7,6 +7,7 @@ errors name the file and the reason.
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 import resource
@@ -313,6 +314,68 @@ def test_a_signal_after_the_rename_says_the_file_was_replaced(live: Path) -> Non
     assert value == (signal.SIGTERM, str(live))
     assert live.read_bytes() == OLD  # NEW replaced by OLD, complete
     assert our_temps(live) == []
+
+
+def test_a_failed_directory_sync_does_not_hide_the_error_already_raised(live: Path) -> None:
+    """The directory is fsynced in a ``finally`` after the rename, also while an
+    exception is on its way out (here SIGTERM, arrived during the rename and
+    raised as soon as the rename is recorded). If that fsync fails too (EIO), the
+    SIGTERM must still be what the caller sees -- with the file reported as
+    replaced, exit 143 -- not the lesser "could not sync its directory"."""
+
+    def run() -> object:
+        _default_dispositions()
+        real_rename, real_fsync = os.rename, os.fsync
+
+        def rename_then_sigterm(src: str, dst: str, **kwargs: int) -> None:
+            real_rename(src, dst, **kwargs)
+            os.kill(os.getpid(), signal.SIGTERM)  # held back until the rename is recorded
+
+        def fsync_dir_fails(fd: int) -> None:
+            if os.path.isdir(f"/proc/self/fd/{fd}"):
+                raise OSError(errno.EIO, os.strerror(errno.EIO))
+            real_fsync(fd)
+
+        os.rename = rename_then_sigterm  # type: ignore[assignment]
+        os.fsync = fsync_dir_fails  # type: ignore[assignment]
+        try:
+            rewrite_file(live, toggle, mountd_statedir=live.parent, timeout=5)
+        except SignalReceived as exc:
+            return ("signal", exc.signum, str(exc.replaced))
+        except errors.RmtabError as exc:
+            return ("masked by", type(exc).__name__, str(exc))
+        return "no error at all"
+
+    code, value = in_child(run)
+    assert code == 0
+    assert value == ("signal", signal.SIGTERM, str(live))
+    assert live.read_bytes() == NEW
+
+
+def test_a_failed_directory_sync_alone_is_still_reported(live: Path) -> None:
+    """...and with nothing else going wrong, it is the error (74), the file replaced."""
+
+    def run() -> object:
+        real_fsync = os.fsync
+
+        def fsync_dir_fails(fd: int) -> None:
+            if os.path.isdir(f"/proc/self/fd/{fd}"):
+                raise OSError(errno.EIO, os.strerror(errno.EIO))
+            real_fsync(fd)
+
+        os.fsync = fsync_dir_fails  # type: ignore[assignment]
+        try:
+            rewrite_file(live, toggle, mountd_statedir=live.parent, timeout=5)
+        except errors.IOFailure as exc:
+            return ("IOFailure", str(exc))
+        return "no error at all"
+
+    code, value = in_child(run)
+    assert code == 0
+    assert isinstance(value, tuple)
+    assert value[0] == "IOFailure"
+    assert "could not sync its directory" in value[1]
+    assert live.read_bytes() == NEW
 
 
 # ------------------------------------------------------------------ full disk

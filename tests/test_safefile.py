@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
 import stat
@@ -16,6 +17,7 @@ from mountd_like import command
 
 from rmtabtool import errors
 from rmtabtool import safefile as sf
+from rmtabtool.locking import ToolLock
 from rmtabtool.safefile import (
     AtomicWriter,
     FileState,
@@ -88,6 +90,42 @@ def test_rewrite_replaces_content_by_rename(rmtab: Path, live: bool) -> None:
     assert not (rmtab.parent / "rmtab.tmp").exists()  # that name is mountd's
     assert (report.lock_acquisitions == 1) is live
     assert (report.lock_hold_seconds > 0) is live
+
+
+@pytest.mark.parametrize("live", [True, False], ids=["live", "other-file"])
+def test_temp_file_is_fsynced_before_the_rename_and_the_directory_after(
+    rmtab: Path, monkeypatch: pytest.MonkeyPatch, live: bool
+) -> None:
+    """Crash safety rests on this order: the new data is on disk before its name
+    replaces the old file (else a crash can leave an empty or partial rmtab under
+    the real name), and the directory is synced after the rename (else the
+    rename itself may be lost). Every fsync and rename is recorded, with what
+    each fsync was for (the file by its inode, the directory)."""
+    events: list[tuple[str, ...]] = []
+    real_fsync, real_rename = os.fsync, os.rename
+
+    def fsync(fd: int) -> None:
+        st = os.fstat(fd)
+        kind = "dir" if stat.S_ISDIR(st.st_mode) else "file"
+        events.append(("fsync", kind, f"{st.st_dev}:{st.st_ino}"))
+        real_fsync(fd)
+
+    def rename(src: str, dst: str, **kwargs: int) -> None:
+        events.append(("rename", os.fspath(src), os.fspath(dst)))
+        real_rename(src, dst, **kwargs)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "rename", rename)
+    report = rewrite_file(rmtab, dedupe, mountd_statedir=rmtab.parent if live else None, timeout=5)
+    monkeypatch.undo()
+    assert report.changed
+    new, directory = os.stat(rmtab), os.stat(rmtab.parent)
+    assert len(events) == 3, events
+    assert events[0] == ("fsync", "file", f"{new.st_dev}:{new.st_ino}")  # the data, then
+    op, temp, dst = events[1]
+    assert (op, dst) == ("rename", "rmtab")  # its name (dir_fd-relative), then
+    assert temp_name_pattern(rmtab).fullmatch(temp)
+    assert events[2] == ("fsync", "dir", f"{directory.st_dev}:{directory.st_ino}")  # the dir
 
 
 def test_identical_content_is_not_written_at_all(rmtab: Path) -> None:
@@ -212,6 +250,30 @@ def test_posix_acl_is_kept_where_supported(rmtab: Path) -> None:
         pytest.skip(f"no POSIX ACLs on this filesystem: {exc.strerror}")
     rewrite_file(rmtab, dedupe, mountd_statedir=None, timeout=5)
     assert os.getxattr(rmtab, "system.posix_acl_access") == acl
+
+
+SELINUX_LABEL = b"system_u:object_r:nfs_var_lib_t:s0\x00"
+
+
+@pytest.mark.parametrize("live", [True, False], ids=["live", "other-file"])
+def test_selinux_label_is_kept(rmtab: Path, live: bool) -> None:
+    """The new file gets the old one's security.selinux, not the label a new file
+    in that directory would get (without it, an enforcing policy can deny
+    rpc.mountd its own rmtab). Without SELinux the attribute is stored as is, so
+    root can set it on ext4/xfs/tmpfs: CI runs this as root and must not skip."""
+    try:
+        os.setxattr(rmtab, "security.selinux", SELINUX_LABEL)
+    except OSError as exc:
+        pytest.skip(
+            f"setxattr(security.selinux) refused here ({errno.errorcode.get(exc.errno or 0)}: "
+            f"{exc.strerror}): needs root (CAP_SYS_ADMIN) or SELinux, and a filesystem "
+            "with security xattrs"
+        )
+    old_ino = os.stat(rmtab).st_ino
+    report = rewrite_file(rmtab, dedupe, mountd_statedir=rmtab.parent if live else None, timeout=5)
+    assert report.changed
+    assert os.stat(rmtab).st_ino != old_ino  # a new file...
+    assert os.getxattr(rmtab, "security.selinux") == SELINUX_LABEL  # ...with the old label
 
 
 # ------------------------------------------------------------------ symlinks
@@ -508,6 +570,62 @@ def test_stale_temps_are_cleaned_by_the_next_run_and_only_ours(rmtab: Path) -> N
 
 
 # ------------------------------------------------------------------ reading
+
+
+LONG = "rmtab-backup-of-" + "x" * 84  # 100 characters, then what tells them apart
+
+
+def test_long_names_sharing_their_first_100_characters_do_not_share_temp_names(
+    tmp_path: Path,
+) -> None:
+    """Temp names keep only the start of a long target name. Two targets that share
+    it must still not match each other's stale-temp pattern: a rewrite of one
+    would delete the other's temp file in flight (they hold different locks)."""
+    a, b = tmp_path / f"{LONG}-a", tmp_path / f"{LONG}-b"
+    a.write_bytes(BLOATED)
+    with AtomicWriter(b) as writer:  # b's rewrite, in flight
+        writer.write(b"10.0.0.2:/srv/b:0x00000001\n")
+        assert not temp_name_pattern(a).fullmatch(writer.temp_name)
+        assert temp_name_pattern(b).fullmatch(writer.temp_name)
+        report = rewrite_file(a, dedupe, mountd_statedir=None, timeout=5)
+        assert report.stale_temps_removed == []
+        assert writer.temp_path.exists()
+    assert b.read_bytes() == b"10.0.0.2:/srv/b:0x00000001\n"
+    assert a.read_bytes() == CANONICAL
+    assert temps(tmp_path) == []
+
+
+def test_temp_names_fit_name_max_for_long_non_ascii_names(tmp_path: Path) -> None:
+    """NAME_MAX is 255 bytes. The temp name keeps at most 100 bytes of the target's
+    name (it kept 100 characters: 75 three-byte characters made a temp name of 258
+    bytes, and the rewrite failed with ENAMETOOLONG)."""
+    target = tmp_path / ("\u20ac" * 75)  # 225 bytes in UTF-8
+    report = rewrite_file(
+        target, const(b"10.0.0.1:/srv/a:0x00000001\n"), mountd_statedir=None, timeout=5
+    )
+    assert report.created
+    assert target.read_bytes() == b"10.0.0.1:/srv/a:0x00000001\n"
+
+
+def test_stale_temps_of_the_old_cut_name_scheme_are_still_cleaned(tmp_path: Path) -> None:
+    """Before the hash, a long name's temps were ``.<first 100 characters>.rmtabtool-
+    <16 hex>.tmp``: exactly the temps of a target named by those 100 characters.
+    Left by a killed older version, they are removed by the long target's next
+    rewrite, but only while no rewrite of that 100-character target can be running
+    (its rmtabtool lock is taken at once, or they are left for later)."""
+    long_target, short_target = tmp_path / f"{LONG}-a", tmp_path / LONG
+    long_target.write_bytes(BLOATED)
+    old_style = tmp_path / f".{LONG}.rmtabtool-00112233445566ff.tmp"
+    old_style.write_bytes(b"junk")
+    assert temp_name_pattern(short_target).fullmatch(old_style.name)  # the ambiguity
+    with ToolLock(short_target, timeout=5):  # a rewrite of the short one runs
+        report = rewrite_file(long_target, dedupe, mountd_statedir=None, timeout=5)
+    assert report.stale_temps_removed == []
+    assert old_style.exists()
+    long_target.write_bytes(BLOATED)
+    report = rewrite_file(long_target, dedupe, mountd_statedir=None, timeout=5)
+    assert report.stale_temps_removed == [old_style]
+    assert not old_style.exists()
 
 
 def test_read_snapshot(rmtab: Path) -> None:

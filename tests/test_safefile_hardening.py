@@ -167,3 +167,75 @@ def test_a_link_made_by_root_is_followed(tmp_path: Path, mode: int) -> None:
     assert proc.returncode == 0, proc.stderr
     assert stored.read_bytes() == line
     assert link.is_symlink()
+
+
+# ------------------------------------------------------------ 2. appending in place (.rejects)
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="needs root to own a link as another user")
+@pytest.mark.parametrize("window", ["after-resolve", "before-open"])
+def test_open_append_does_not_follow_a_link_swapped_in_after_the_check(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, window: str
+) -> None:
+    """The name is judged by resolve_target, then opened: a link another user swaps
+    in between (right after the check, or at the last moment before open(2)) is
+    not followed (O_NOFOLLOW) but judged again, and refused (77)."""
+    from rmtabtool import errors
+    from rmtabtool import safefile as sf
+
+    export = tmp_path / "export"
+    export.mkdir()
+    os.chmod(export, 0o1777)
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"root:x:0:0\n")
+    name = export / ".rmtab.rejects"
+
+    def swap() -> None:
+        if not name.is_symlink():  # the attacker wins the race once
+            name.symlink_to(victim)
+            os.lchown(name, 1000, 1000)
+
+    if window == "after-resolve":
+        real_resolve = sf.resolve_target
+
+        def resolve_then_swap(path: sf.StrPath) -> Path:
+            resolved = real_resolve(path)
+            swap()
+            return resolved
+
+        monkeypatch.setattr(sf, "resolve_target", resolve_then_swap)
+    else:
+        real_open = os.open
+
+        def swap_then_open(path: sf.StrPath, flags: int, mode: int = 0o777) -> int:
+            if Path(path) == name and flags & os.O_WRONLY:
+                swap()
+            return real_open(path, flags, mode)
+
+        monkeypatch.setattr(os, "open", swap_then_open)
+    with pytest.raises(errors.PermissionDenied, match="refusing to follow the symbolic link"):
+        sf.open_append(name)
+    assert victim.read_bytes() == b"root:x:0:0\n"
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="needs root to own a file as another user")
+def test_open_append_refuses_a_hard_link_to_another_users_file_anywhere(tmp_path: Path) -> None:
+    """Even where only root creates names: a second name of a file that belongs to
+    a third user is not written through."""
+    from rmtabtool import errors
+    from rmtabtool.safefile import open_append
+
+    private = tmp_path / "private"
+    private.mkdir(mode=0o755)
+    theirs = tmp_path / "theirs"
+    theirs.write_bytes(b"")
+    os.chown(theirs, 1000, 1000)
+    os.link(theirs, private / "x.rejects")
+    with pytest.raises(errors.PermissionDenied, match="hard links"):
+        open_append(private / "x.rejects")
+    assert theirs.read_bytes() == b""
+    # one name only: a file of another user's is appended to (it is that file itself)
+    os.unlink(theirs)
+    fd, path = open_append(private / "x.rejects")
+    os.close(fd)
+    assert path == private / "x.rejects"
