@@ -273,6 +273,7 @@ def _read_source(
             mountd_statedir=statedir,
             timeout=live.lock_timeout,
             progress=_named(name, progress),
+            jobs=jobs,
         )
         return result
     # an explicit source may be a pipe (`merge <(ssh node2 cat rmtab)`); never a device
@@ -408,6 +409,7 @@ def _rewrite_in_place(
     rejects: Optional[PathArg],
     source_rejected: Sequence[RejectedLine] = (),
     progress: Optional[Progress] = None,
+    jobs: int = 1,
 ) -> tuple[WriteResult, _Plan]:
     """Rewrite ``target`` from its own snapshot via ``compose``, safely.
 
@@ -441,6 +443,7 @@ def _rewrite_in_place(
         dry_run=dry_run,
         before_commit=before_commit,
         progress=_named(os.fspath(target_path), progress),
+        jobs=jobs,
     )
     plan = plan_box[-1]
     own = plan.own_rejected
@@ -626,6 +629,7 @@ def dedupe(
             strict=strict,
             rejects=rejects,
             progress=progress,
+            jobs=jobs,
         )
         return result
 
@@ -713,6 +717,7 @@ def merge(
             rejects=rejects,
             source_rejected=source_rejected,
             progress=progress,
+            jobs=jobs,
         )
         return result
 

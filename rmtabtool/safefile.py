@@ -56,7 +56,7 @@ from typing import Any, BinaryIO, Optional, Union
 
 from . import errors
 from .locking import MountdLock, ToolLock, _shared_directory
-from .table import CHUNK_SIZE, ReadResult, read_bytes, read_table
+from .table import CHUNK_SIZE, ReadResult, auto_jobs, read_bytes, read_table
 
 __all__ = [
     "MEMORY_OUTPUT_MAX",
@@ -835,8 +835,28 @@ class CountingReader:
         return data
 
 
+@dataclass(frozen=True)
+class _Reading:
+    """How a big file is read: with a progress callback, by how many processes."""
+
+    progress: Optional[ReadProgress] = None
+    #: reader processes (``read_table``'s ``jobs``; 0: automatic by size)
+    jobs: int = 1
+
+    def read(self, stream: BinaryIO, size: int) -> ReadResult:
+        if self.jobs > 1 or (self.jobs == 0 and auto_jobs(size) > 1):
+            # the workers read their own ranges (pread): progress only at both ends
+            return read_table(stream, jobs=self.jobs)
+        if self.progress is not None:
+            return read_table(CountingReader(stream, size, self.progress))  # type: ignore[arg-type]
+        return read_table(stream)
+
+
+_PLAIN = _Reading()
+
+
 def _read_once(
-    path: Path, *, settle: bool = False, progress: Optional[ReadProgress] = None
+    path: Path, *, settle: bool = False, reading: _Reading = _PLAIN
 ) -> Optional[_Snapshot]:
     """Read ``path`` into a snapshot; None when it does not exist."""
     if settle:
@@ -862,15 +882,14 @@ def _read_once(
     with open(fd, "rb", buffering=0) as stream:
         try:
             size = before.st_size
+            progress = reading.progress
             if progress is not None:
                 progress(0, size)
             if size <= VERIFY_MAX:
                 content = _read_fd(fd)
                 result = read_bytes(content)
-            elif progress is not None:
-                result = read_table(CountingReader(stream, size, progress))  # type: ignore[arg-type]
             else:
-                result = read_table(stream)
+                result = reading.read(stream, size)
             if progress is not None:
                 progress(result.bytes_read, size)
             after = os.fstat(fd)
@@ -881,27 +900,27 @@ def _read_once(
     return _Snapshot(result, state, started, unstable, content)
 
 
-def _read_under_lock(path: Path, progress: Optional[ReadProgress]) -> Optional[_Snapshot]:
-    snap = _read_once(path, progress=progress)
+def _read_under_lock(path: Path, reading: _Reading) -> Optional[_Snapshot]:
+    snap = _read_once(path, reading=reading)
     if snap is not None:
         snap.under_lock = True
     return snap
 
 
-def _settled_read(path: Path, progress: Optional[ReadProgress]) -> Optional[_Snapshot]:
+def _settled_read(path: Path, reading: _Reading) -> Optional[_Snapshot]:
     """Best consistent read without mountd's lock (a reader not allowed to take it).
 
     mountd renames its temp file into place and then writes it; a state that
     holds still for a while after a read is taken as complete.
     """
-    snap = _read_once(path, settle=True, progress=progress)
+    snap = _read_once(path, settle=True, reading=reading)
     for _ in range(20):
         if snap is None:
             return None
         time.sleep(_RACY_NS / _NS)
         if snap.trusted(path, FileState.of(path)):
             return snap
-        snap = _read_once(path, settle=True, progress=progress)
+        snap = _read_once(path, settle=True, reading=reading)
     return snap
 
 
@@ -924,11 +943,11 @@ def _consistent_read(
     mountd_statedir: Optional[Path],
     timeout: float,
     report: Optional[RewriteReport],
-    progress: Optional[ReadProgress] = None,
+    reading: _Reading = _PLAIN,
 ) -> Optional[_Snapshot]:
     """Read ``path`` and prove the read saw one complete version of it (see :func:`_confirm`)."""
-    snap = _read_once(path, settle=mountd_statedir is not None, progress=progress)
-    return _confirm(path, snap, mountd_statedir, timeout, report, progress)
+    snap = _read_once(path, settle=mountd_statedir is not None, reading=reading)
+    return _confirm(path, snap, mountd_statedir, timeout, report, reading)
 
 
 def _confirm(
@@ -937,7 +956,7 @@ def _confirm(
     mountd_statedir: Optional[Path],
     timeout: float,
     report: Optional[RewriteReport],
-    progress: Optional[ReadProgress] = None,
+    reading: _Reading = _PLAIN,
 ) -> Optional[_Snapshot]:
     """``snap`` when it provably is one complete version of ``path``, else a read that is.
 
@@ -964,14 +983,14 @@ def _confirm(
                 lock.acquire()
             except errors.RmtabError as exc:
                 if _cannot_lock_but_may_read(exc):
-                    return _settled_read(path, progress)
+                    return _settled_read(path, reading)
                 raise
             try:
                 if snap.trusted(path, FileState.of(path)):
                     return snap
                 attempts += 1
                 if attempts > OPTIMISTIC_RETRIES:
-                    return _read_under_lock(path, progress)
+                    return _read_under_lock(path, reading)
             finally:
                 lock.release()
                 if report is not None:
@@ -980,7 +999,7 @@ def _confirm(
                     report.lock_acquisitions += 1
             if report is not None:
                 report.rereads += 1
-        snap = _read_once(path, settle=mountd_statedir is not None, progress=progress)
+        snap = _read_once(path, settle=mountd_statedir is not None, reading=reading)
 
 
 def read_snapshot(
@@ -989,6 +1008,7 @@ def read_snapshot(
     mountd_statedir: Optional[Path],
     timeout: float,
     progress: Optional[ReadProgress] = None,
+    jobs: int = 1,
 ) -> tuple[ReadResult, FileState]:
     """Read a file (the live rmtab when ``mountd_statedir`` is given) consistently.
 
@@ -997,10 +1017,13 @@ def read_snapshot(
     to change while read). A reader who may not open mountd's lock file, or finds
     it on a read-only filesystem, falls back to waiting for the file to hold
     still. A missing file raises :class:`~rmtabtool.errors.InputMissing`.
-    ``progress(bytes_read, bytes_total)`` is called as the read goes.
+    ``progress(bytes_read, bytes_total)`` is called as the read goes; ``jobs``
+    reads a big file with that many processes (0: by its size), as
+    :func:`~rmtabtool.table.read_table` does.
     """
     target = Path(path)
-    snap = _consistent_read(target, mountd_statedir, timeout, None, progress)
+    reading = _Reading(progress, jobs)
+    snap = _consistent_read(target, mountd_statedir, timeout, None, reading)
     if snap is None:
         raise errors.InputMissing(f"cannot read {target}: No such file or directory")
     return snap.result, snap.state
@@ -1244,6 +1267,7 @@ def rewrite_file(
     dry_run: bool = False,
     before_commit: Optional[Callable[[Optional[ReadResult]], None]] = None,
     progress: Optional[ReadProgress] = None,
+    jobs: int = 1,
 ) -> RewriteReport:
     """Replace ``target`` with ``build(what it holds now)``, atomically and safely.
 
@@ -1256,15 +1280,17 @@ def rewrite_file(
     when taken), with the snapshot the written content was built from.
     ``dry_run`` reads and builds but writes nothing (no lock files, no temp
     files); the report tells whether the file would change.
-    ``progress(bytes_read, bytes_total)`` is called while ``target`` is read.
+    ``progress(bytes_read, bytes_total)`` is called while ``target`` is read,
+    by ``jobs`` processes when it is big (see :func:`read_snapshot`).
     """
     path = resolve_target(target)
+    reading = _Reading(progress, jobs)
     report = RewriteReport(path=path, dry_run=dry_run)
     if dry_run:
         if not path.parent.is_dir():  # what the real run would fail on
             exc = FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT))
             raise errors.from_oserror(exc, path.parent, "write in")
-        snap = _consistent_read(path, mountd_statedir, timeout, report, progress)
+        snap = _consistent_read(path, mountd_statedir, timeout, report, reading)
         out = _Output(path, snap, dry_run=True)
         try:
             _stream(build, snap, out)
@@ -1282,7 +1308,7 @@ def rewrite_file(
             report.stale_temps_removed = clean_stale_temps(path)
             try:
                 _rewrite_locked(
-                    path, build, mountd_statedir, timeout, before_commit, report, progress
+                    path, build, mountd_statedir, timeout, before_commit, report, reading
                 )
                 _check_signals()  # one whose exception a finalizer swallowed
             except SignalReceived as exc:
@@ -1311,7 +1337,7 @@ def _rewrite_locked(
     timeout: float,
     before_commit: Optional[Callable[[Optional[ReadResult]], None]],
     report: RewriteReport,
-    progress: Optional[ReadProgress] = None,
+    reading: _Reading = _PLAIN,
 ) -> None:
     mountd = MountdLock(mountd_statedir, timeout) if mountd_statedir is not None else None
 
@@ -1326,7 +1352,7 @@ def _rewrite_locked(
             mountd.release()
             report.lock_hold_seconds += mountd.hold_seconds
 
-    snap = _read_once(path, settle=mountd is not None, progress=progress)
+    snap = _read_once(path, settle=mountd is not None, reading=reading)
     confirmed: Optional[_Snapshot] = None  # a snapshot _confirm proved complete
     retries = 0
     committed: Optional[AtomicWriter] = None
@@ -1348,7 +1374,7 @@ def _rewrite_locked(
                     # read, under the shared lock. Only this failure path takes it.
                     if snap is None or snap is confirmed:
                         raise
-                    confirmed = _confirm(path, snap, mountd_statedir, timeout, report, progress)
+                    confirmed = _confirm(path, snap, mountd_statedir, timeout, report, reading)
                     if confirmed is snap:
                         raise
                     snap = confirmed
@@ -1396,15 +1422,15 @@ def _rewrite_locked(
                         "program writing it?); it was left as it is"
                     )
                 retries += 1
-                snap = _read_once(path, progress=progress)
+                snap = _read_once(path, reading=reading)
             elif retries < OPTIMISTIC_RETRIES:
                 # Do not make every MNT/UMNT wait while we read and rebuild: retry.
                 retries += 1
                 release_mountd()
                 _backoff(retries)
-                snap = _read_once(path, settle=True, progress=progress)
+                snap = _read_once(path, settle=True, reading=reading)
             else:
-                snap = _read_under_lock(path, progress)  # out of patience: keep the lock
+                snap = _read_under_lock(path, reading)  # out of patience: keep the lock
     except BaseException as exc:
         primary = exc
         raise

@@ -352,3 +352,41 @@ def test_results_pickle_small_for_bloated_files() -> None:
     reader = table_mod._Reader()
     reader.consume(io.BytesIO(data).read, 65536)
     assert len(pickle.dumps(reader.partial(len(data)))) < 64 * 1024
+
+
+@needs_fork
+def test_the_live_rmtab_is_read_and_rewritten_with_jobs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`stats`, `dedupe` and `dedupe --dry-run` of the live rmtab (read through
+    the consistent-read path, not read_table(path)) honour `jobs`, with results
+    identical to one process."""
+    from rmtabtool import operations
+
+    calls: list[int] = []
+    real = table_mod._read_parallel
+
+    def spy(fd: int, start: int, stop: int, jobs: int, chunk_size: int) -> ReadResult:
+        calls.append(jobs)
+        return real(fd, start, stop, jobs, chunk_size)
+
+    monkeypatch.setattr(table_mod, "_read_parallel", spy)
+    data = generated(3 * 1024 * 1024, 3)  # over the 1 MiB read-into-memory size
+    statedir = tmp_path / "nfs"
+    statedir.mkdir()
+    rmtab = write(statedir, data)
+    live = operations.Live(rmtab, lock_timeout=10)
+
+    one = operations.stats(None, live, jobs=1)
+    two = operations.stats(None, live, jobs=2)
+    assert calls == [2]
+    assert two == one
+    dry = operations.dedupe(None, live, dry_run=True, jobs=2)
+    assert calls == [2, 2]
+    assert dry.changed
+    done = operations.dedupe(None, live, jobs=2)
+    assert calls == [2, 2, 2]
+    assert done.changed
+    clean = operations.dedupe(str(write(tmp_path, data, "copy")), live, output=os.devnull)
+    assert rmtab.read_bytes() == read_table(tmp_path / "copy").table.to_bytes()
+    assert (done.entries_out, done.lines_in) == (clean.entries_out, clean.lines_in)

@@ -275,9 +275,9 @@ def test_strict_refusal_is_decided_on_a_complete_file_not_on_mountds_rename_wind
     real_read_once = sf._read_once
 
     def read_then_let_mountd_finish(
-        path: Path, *, settle: bool = False, progress: Optional[sf.ReadProgress] = None
+        path: Path, *, settle: bool = False, reading: sf._Reading = sf._PLAIN
     ) -> Optional[sf._Snapshot]:
-        snap = real_read_once(path, settle=settle, progress=progress)
+        snap = real_read_once(path, settle=settle, reading=reading)
         reads.append(snap.result if snap is not None else None)
         if not stdin.closed:
             stdin.close()  # only now may the UMNT write its tail
