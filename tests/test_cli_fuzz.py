@@ -436,6 +436,12 @@ def flags(as_json: bool, strict: bool = False, zero: bool = False) -> list[str]:
 # ---------------------------------------------------------------- stats
 
 
+def stats_sources(f: Path, data: bytes) -> list[tuple[list[str], bytes]]:
+    """``stats`` of the file ``f`` holding ``data``, of stdin, and of the live
+    rmtab (``f`` again, named by RMTABTOOL_RMTAB): arguments and stdin."""
+    return [(["stats", str(f)], b""), (["stats", "-"], data), (["stats"], b"")]
+
+
 @FUZZ
 @given(data=files, as_json=st.booleans(), fail_on_rejected=st.booleans())
 def test_stats_of_garbage_file_and_stdin(
@@ -447,11 +453,7 @@ def test_stats_of_garbage_file_and_stdin(
         extra = ["--fail-on-rejected"] if fail_on_rejected else []
         expected = parse(data)
         code = 1 if fail_on_rejected and expected.rejected_any else 0
-        for args, stdin in (
-            (["stats", str(f)], b""),
-            (["stats", "-"], data),
-            (["stats"], b""),  # the live rmtab (from RMTABTOOL_RMTAB)
-        ):
+        for args, stdin in stats_sources(f, data):
             run = cli([*args, *extra, *flags(as_json)], stdin=stdin, live=f)
             assert run.code == code, (args, run.stderr)
             if as_json:
@@ -503,11 +505,7 @@ def test_stats_prometheus_of_garbage_is_valid_textfile_format(
         extra = ["--fail-on-rejected"] if fail_on_rejected else []
         expected = parse(data)
         code = 1 if fail_on_rejected and expected.rejected_any else 0
-        for args, stdin in (
-            (["stats", str(f)], b""),
-            (["stats", "-"], data),
-            (["stats"], b""),  # the live rmtab (from RMTABTOOL_RMTAB)
-        ):
+        for args, stdin in stats_sources(f, data):
             to = "-" if to_stdout else str(prom)
             # -q: the human summary is test_stats_of_garbage_file_and_stdin's business
             run = cli(

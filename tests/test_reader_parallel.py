@@ -154,11 +154,9 @@ def write(tmp_path: Path, data: bytes, name: str = "rmtab") -> Path:
     return path
 
 
-@needs_fork
-@pytest.mark.parametrize(("size", "seed"), [(2 * 1024 * 1024, 1), (5 * 1024 * 1024 + 17, 2)])
-def test_jobs_give_identical_results_on_generated_files(
-    tmp_path: Path, size: int, seed: int, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def parallel_reads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Record the ``jobs`` of every parallel read from now on: proof that the
+    parallel path really ran."""
     calls: list[int] = []
     real = table_mod._read_parallel
 
@@ -167,6 +165,15 @@ def test_jobs_give_identical_results_on_generated_files(
         return real(fd, start, stop, jobs, chunk_size)
 
     monkeypatch.setattr(table_mod, "_read_parallel", spy)
+    return calls
+
+
+@needs_fork
+@pytest.mark.parametrize(("size", "seed"), [(2 * 1024 * 1024, 1), (5 * 1024 * 1024 + 17, 2)])
+def test_jobs_give_identical_results_on_generated_files(
+    tmp_path: Path, size: int, seed: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = parallel_reads(monkeypatch)
     data = generated(size, seed)
     path = write(tmp_path, data)
     one = read_table(path)
@@ -363,14 +370,7 @@ def test_the_live_rmtab_is_read_and_rewritten_with_jobs(
     identical to one process."""
     from rmtabtool import operations
 
-    calls: list[int] = []
-    real = table_mod._read_parallel
-
-    def spy(fd: int, start: int, stop: int, jobs: int, chunk_size: int) -> ReadResult:
-        calls.append(jobs)
-        return real(fd, start, stop, jobs, chunk_size)
-
-    monkeypatch.setattr(table_mod, "_read_parallel", spy)
+    calls = parallel_reads(monkeypatch)
     data = generated(3 * 1024 * 1024, 3)  # over the 1 MiB read-into-memory size
     statedir = tmp_path / "nfs"
     statedir.mkdir()
