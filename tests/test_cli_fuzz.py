@@ -303,20 +303,15 @@ def textfile_samples(data: bytes) -> dict[Series, float]:
             current = name
 
     for line in text[:-1].split("\n"):
-        if line.startswith("# HELP "):
-            m = _HELP.fullmatch(line)
-            assert m, f"bad HELP line: {line!r}"
+        if line.startswith(("# HELP ", "# TYPE ")):
+            kind = line[2:6]
+            m = (_HELP if kind == "HELP" else _TYPE).fullmatch(line)
+            assert m, f"bad {kind} line: {line!r}"
             enter(m[1])
-            assert m[1] not in helped, f"second HELP for {m[1]}"
-            assert not any(n == m[1] for n, _ in samples), f"HELP after samples: {line!r}"
-            helped.add(m[1])
-        elif line.startswith("# TYPE "):
-            m = _TYPE.fullmatch(line)
-            assert m, f"bad TYPE line: {line!r}"
-            enter(m[1])
-            assert m[1] not in typed, f"second TYPE for {m[1]}"
-            assert not any(n == m[1] for n, _ in samples), f"TYPE after samples: {line!r}"
-            typed.add(m[1])
+            declared = helped if kind == "HELP" else typed
+            assert m[1] not in declared, f"second {kind} for {m[1]}"
+            assert not any(n == m[1] for n, _ in samples), f"{kind} after samples: {line!r}"
+            declared.add(m[1])
         else:
             assert not line.startswith("#"), f"stray comment: {line!r}"
             m = _SAMPLE.fullmatch(line)
