@@ -462,6 +462,8 @@ def syscall_of(pid: int) -> str:
         return "?"
     if first == "running":
         return "user"
+    if first == "-1":  # blocked outside a syscall: stopped by the test's SIGSTOP
+        return "stopped"
     if not first.lstrip("-").isdigit():
         return "?"
     number = int(first)
@@ -487,14 +489,27 @@ class KillStats:
 
 
 def _wait_for_temp(
-    proc: subprocess.Popen[bytes], target: Path, known: set[Path], limit: float
+    proc: subprocess.Popen[bytes],
+    target: Path,
+    known: set[Path],
+    limit: float,
+    *,
+    freeze: bool = False,
 ) -> Optional[float]:
-    """Poll until a new temp file of ``target`` appears; when (monotonic), or None."""
+    """Poll until a new temp file of ``target`` appears; when (monotonic), or None.
+
+    ``freeze``: SIGSTOP the process the moment the temp file is seen. A small
+    output's temp file lives for well under a millisecond (stats --prometheus:
+    write, fsync, rename), shorter than the inspection before a kill: stopping
+    first is what lets such kills land inside that window at all.
+    """
     deadline = time.monotonic() + limit
     while time.monotonic() < deadline and proc.poll() is None:
         if temps_of(target) - known:
+            if freeze:
+                proc.send_signal(signal.SIGSTOP)
             return time.monotonic()
-        time.sleep(0.0002)
+        time.sleep(0.0001)
     return None
 
 
@@ -559,8 +574,11 @@ def kill_trials(case: Case, root: Path, trials: int, seed: int) -> KillStats:
         if mode == 0:  # anywhere once the command started: mostly reading
             time.sleep(rng.uniform(lo, full * 0.95))
         elif mode == 1:  # while the temp file exists: writing, fsync, locking, renaming
-            _wait_for_temp(proc, target, known, 60)
-            time.sleep(rng.uniform(0, window * 2))
+            if rng.random() < 0.5:  # at once (frozen: the inspection below takes no time)
+                _wait_for_temp(proc, target, known, 60, freeze=True)
+            else:
+                _wait_for_temp(proc, target, known, 60)
+                time.sleep(rng.uniform(0, window * 2))
         else:  # the moment an input is seen open: reading (timing-independent)
             _wait_for_open(proc, read_paths, 60)
         doing = syscall_of(proc.pid)
