@@ -20,11 +20,11 @@ import heapq
 import os
 import stat
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Optional, Union
 
 from . import errors
+from ._record import FrozenRecord, Record
 from .entry import Entry
 from .safefile import (
     CountingReader,
@@ -69,16 +69,21 @@ def _named(name: str, progress: Optional[Progress]) -> Optional[ReadProgress]:
     return lambda done, total: tell(name, done, total)
 
 
-@dataclass(frozen=True)
-class Live:
+class Live(FrozenRecord):
     """The live rmtab as configured: rpc.mountd's statedir is its directory.
 
     The statedir is taken from the path as given (where mountd looks), not from
     a symlink's target, because that is where mountd's ``.rmtab.lock`` lives.
     """
 
+    __slots__ = ("path", "lock_timeout")
+
     path: Path
-    lock_timeout: float = 10.0
+    lock_timeout: float
+
+    def __init__(self, path: Path, lock_timeout: float = 10.0) -> None:
+        object.__setattr__(self, "path", path)
+        object.__setattr__(self, "lock_timeout", lock_timeout)
 
     @classmethod
     def from_env(cls, path: Optional[PathArg] = None, lock_timeout: float = 10.0) -> Live:
@@ -100,33 +105,78 @@ class Live:
 # ---------------------------------------------------------------- results
 
 
-@dataclass
-class WriteResult:
+class WriteResult(Record):
     """What a writing command did (or, under dry_run, would do)."""
 
-    command: str
-    file: str
-    changed: bool = False
-    dry_run: bool = False
-    created: bool = False
-    lines_in: int = 0
-    entries_out: int = 0
-    duplicates_removed: int = 0
-    zero_dropped: int = 0
-    #: rejected lines read (occurrences), from every input
-    rejected: int = 0
-    #: of those, the ones removed from the rewritten file and kept in ``rejects_file``
-    rejected_moved: int = 0
-    rejects_file: Optional[str] = None
-    rejected_lines: list[RejectedLine] = field(default_factory=list)
-    removed: list[Entry] = field(default_factory=list)
-    ignored_outside_export: int = 0
-    lock_wait_seconds: float = 0.0
-    lock_hold_seconds: float = 0.0
-    skipped: Optional[str] = None
-    warnings: list[str] = field(default_factory=list)
-    #: canonical lines, when the output is a stream the caller writes (``-o -``)
-    content: Optional[Iterable[bytes]] = None
+    __slots__ = (
+        "command",
+        "file",
+        "changed",
+        "dry_run",
+        "created",
+        "lines_in",
+        "entries_out",
+        "duplicates_removed",
+        "zero_dropped",
+        "rejected",
+        "rejected_moved",
+        "rejects_file",
+        "rejected_lines",
+        "removed",
+        "ignored_outside_export",
+        "lock_wait_seconds",
+        "lock_hold_seconds",
+        "skipped",
+        "warnings",
+        "content",
+    )
+
+    def __init__(
+        self,
+        command: str,
+        file: str,
+        changed: bool = False,
+        dry_run: bool = False,
+        created: bool = False,
+        lines_in: int = 0,
+        entries_out: int = 0,
+        duplicates_removed: int = 0,
+        zero_dropped: int = 0,
+        rejected: int = 0,
+        rejected_moved: int = 0,
+        rejects_file: Optional[str] = None,
+        rejected_lines: Optional[list[RejectedLine]] = None,
+        removed: Optional[list[Entry]] = None,
+        ignored_outside_export: int = 0,
+        lock_wait_seconds: float = 0.0,
+        lock_hold_seconds: float = 0.0,
+        skipped: Optional[str] = None,
+        warnings: Optional[list[str]] = None,
+        content: Optional[Iterable[bytes]] = None,
+    ) -> None:
+        self.command = command
+        self.file = file
+        self.changed = changed
+        self.dry_run = dry_run
+        self.created = created
+        self.lines_in = lines_in
+        self.entries_out = entries_out
+        self.duplicates_removed = duplicates_removed
+        self.zero_dropped = zero_dropped
+        #: rejected lines read (occurrences), from every input
+        self.rejected = rejected
+        #: of those, the ones removed from the rewritten file and kept in ``rejects_file``
+        self.rejected_moved = rejected_moved
+        self.rejects_file = rejects_file
+        self.rejected_lines: list[RejectedLine] = [] if rejected_lines is None else rejected_lines
+        self.removed: list[Entry] = [] if removed is None else removed
+        self.ignored_outside_export = ignored_outside_export
+        self.lock_wait_seconds = lock_wait_seconds
+        self.lock_hold_seconds = lock_hold_seconds
+        self.skipped = skipped
+        self.warnings: list[str] = [] if warnings is None else warnings
+        #: canonical lines, when the output is a stream the caller writes (``-o -``)
+        self.content = content
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -152,39 +202,88 @@ class WriteResult:
         }
 
 
-@dataclass
-class PathStats:
-    path: bytes
-    clients: int
-    mounts: int
+class PathStats(Record):
+    """One exported path in :class:`StatsResult`: how many clients, how many mounts."""
+
+    __slots__ = ("path", "clients", "mounts")
+
+    def __init__(self, path: bytes, clients: int, mounts: int) -> None:
+        self.path = path
+        self.clients = clients
+        self.mounts = mounts
 
 
-@dataclass
-class ClientStats:
-    client: bytes
-    paths: int
-    mounts: int
+class ClientStats(Record):
+    """One client in :class:`StatsResult`: how many paths, how many mounts."""
+
+    __slots__ = ("client", "paths", "mounts")
+
+    def __init__(self, client: bytes, paths: int, mounts: int) -> None:
+        self.client = client
+        self.paths = paths
+        self.mounts = mounts
 
 
-@dataclass
-class StatsResult:
-    file: str
-    bytes: int
-    lines: int
-    entries: int
-    duplicate_lines: int
-    bloat: float
-    rejected: int
-    rejected_by_reason: dict[str, int]
-    rejected_lines: list[RejectedLine]
-    mountd_stops_at_line: Optional[int]
-    mountd_hidden_lines: int
-    zero_count_entries: int
-    clients: int
-    paths: list[PathStats]
-    top_clients: list[ClientStats]
-    size_after_dedupe: int
-    missing_final_newline: bool
+class StatsResult(Record):
+    """What :func:`stats` found in one file (see the CLI's ``stats --json`` keys)."""
+
+    __slots__ = (
+        "file",
+        "bytes",
+        "lines",
+        "entries",
+        "duplicate_lines",
+        "bloat",
+        "rejected",
+        "rejected_by_reason",
+        "rejected_lines",
+        "mountd_stops_at_line",
+        "mountd_hidden_lines",
+        "zero_count_entries",
+        "clients",
+        "paths",
+        "top_clients",
+        "size_after_dedupe",
+        "missing_final_newline",
+    )
+
+    def __init__(
+        self,
+        file: str,
+        bytes: int,
+        lines: int,
+        entries: int,
+        duplicate_lines: int,
+        bloat: float,
+        rejected: int,
+        rejected_by_reason: dict[str, int],
+        rejected_lines: list[RejectedLine],
+        mountd_stops_at_line: Optional[int],
+        mountd_hidden_lines: int,
+        zero_count_entries: int,
+        clients: int,
+        paths: list[PathStats],
+        top_clients: list[ClientStats],
+        size_after_dedupe: int,
+        missing_final_newline: bool,
+    ) -> None:
+        self.file = file
+        self.bytes = bytes
+        self.lines = lines
+        self.entries = entries
+        self.duplicate_lines = duplicate_lines
+        self.bloat = bloat
+        self.rejected = rejected
+        self.rejected_by_reason = rejected_by_reason
+        self.rejected_lines = rejected_lines
+        self.mountd_stops_at_line = mountd_stops_at_line
+        self.mountd_hidden_lines = mountd_hidden_lines
+        self.zero_count_entries = zero_count_entries
+        self.clients = clients
+        self.paths = paths
+        self.top_clients = top_clients
+        self.size_after_dedupe = size_after_dedupe
+        self.missing_final_newline = missing_final_newline
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -386,16 +485,18 @@ def append_rejects(path: Path, rejected: Sequence[RejectedLine]) -> None:
 # ---------------------------------------------------------------- rewriting
 
 
-@dataclass
-class _Plan:
+class _Plan(Record):
     """The outcome of one build over one snapshot, kept for the result record."""
 
-    table: Table = field(default_factory=Table)
-    lines_in: int = 0
-    merged_entries: int = 0
-    zero_dropped: int = 0
-    removed: list[Entry] = field(default_factory=list)
-    own_rejected: list[RejectedLine] = field(default_factory=list)
+    __slots__ = ("table", "lines_in", "merged_entries", "zero_dropped", "removed", "own_rejected")
+
+    def __init__(self) -> None:
+        self.table = Table()
+        self.lines_in = 0
+        self.merged_entries = 0
+        self.zero_dropped = 0
+        self.removed: list[Entry] = []
+        self.own_rejected: list[RejectedLine] = []
 
 
 def _rewrite_in_place(

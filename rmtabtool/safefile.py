@@ -49,12 +49,12 @@ import stat
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any, BinaryIO, Optional, Union
 
 from . import errors
+from ._record import FrozenRecord, Record
 from .locking import MountdLock, ToolLock, _shared_directory
 from .table import CHUNK_SIZE, ReadResult, auto_jobs, read_bytes, read_table
 
@@ -161,14 +161,21 @@ _NO_XATTR = frozenset({errno.ENODATA, errno.ENOTSUP, errno.EOPNOTSUPP})
 # --------------------------------------------------------------------------- paths
 
 
-@dataclass(frozen=True)
-class FileState:
+class FileState(FrozenRecord):
     """What identifies one version of a file: device, inode, size and mtime."""
+
+    __slots__ = ("dev", "ino", "size", "mtime_ns")
 
     dev: int
     ino: int
     size: int
     mtime_ns: int
+
+    def __init__(self, dev: int, ino: int, size: int, mtime_ns: int) -> None:
+        object.__setattr__(self, "dev", dev)
+        object.__setattr__(self, "ino", ino)
+        object.__setattr__(self, "size", size)
+        object.__setattr__(self, "mtime_ns", mtime_ns)
 
     @classmethod
     def from_stat(cls, st: os.stat_result) -> FileState:
@@ -835,13 +842,18 @@ class CountingReader:
         return data
 
 
-@dataclass(frozen=True)
-class _Reading:
+class _Reading(FrozenRecord):
     """How a big file is read: with a progress callback, by how many processes."""
 
-    progress: Optional[ReadProgress] = None
+    __slots__ = ("progress", "jobs")
+
+    progress: Optional[ReadProgress]
     #: reader processes (``read_table``'s ``jobs``; 0: automatic by size)
-    jobs: int = 1
+    jobs: int
+
+    def __init__(self, progress: Optional[ReadProgress] = None, jobs: int = 1) -> None:
+        object.__setattr__(self, "progress", progress)
+        object.__setattr__(self, "jobs", jobs)
 
     def read(self, stream: BinaryIO, size: int) -> ReadResult:
         if self.jobs > 1 or (self.jobs == 0 and auto_jobs(size) > 1):
@@ -1032,36 +1044,69 @@ def read_snapshot(
 # --------------------------------------------------------------------------- rewrite
 
 
-@dataclass
-class RewriteReport:
+class RewriteReport(Record):
     """What :func:`rewrite_file` did (under ``dry_run``: what it would have done)."""
 
-    #: the file written (symlinks resolved)
-    path: Path
-    #: the content changed (dry run: would change)
-    changed: bool = False
-    #: the file did not exist and was (would be) created
-    created: bool = False
-    dry_run: bool = False
-    #: the read the written content was built from (None: the file did not exist)
-    snapshot: Optional[ReadResult] = None
-    #: bytes of the new content
-    new_size: int = 0
-    #: waiting for our lock and mountd's
-    lock_wait_seconds: float = 0.0
-    #: total time mountd's lock was held (0.0 when not taken)
-    lock_hold_seconds: float = 0.0
-    #: how often mountd's lock was taken
-    lock_acquisitions: int = 0
-    #: reads beyond the first, because the file changed under us
-    rereads: int = 0
-    #: the live rmtab had been modified in the current second: we waited for the
-    #: next one, so that the new file's (natural) mtime second differs for
-    #: mountd's DUMP cache
-    mtime_bumped: bool = False
-    #: seconds spent waiting for that new second (never under mountd's lock)
-    mtime_wait_seconds: float = 0.0
-    stale_temps_removed: list[Path] = field(default_factory=list)
+    __slots__ = (
+        "path",
+        "changed",
+        "created",
+        "dry_run",
+        "snapshot",
+        "new_size",
+        "lock_wait_seconds",
+        "lock_hold_seconds",
+        "lock_acquisitions",
+        "rereads",
+        "mtime_bumped",
+        "mtime_wait_seconds",
+        "stale_temps_removed",
+    )
+
+    def __init__(
+        self,
+        path: Path,
+        changed: bool = False,
+        created: bool = False,
+        dry_run: bool = False,
+        snapshot: Optional[ReadResult] = None,
+        new_size: int = 0,
+        lock_wait_seconds: float = 0.0,
+        lock_hold_seconds: float = 0.0,
+        lock_acquisitions: int = 0,
+        rereads: int = 0,
+        mtime_bumped: bool = False,
+        mtime_wait_seconds: float = 0.0,
+        stale_temps_removed: Optional[list[Path]] = None,
+    ) -> None:
+        #: the file written (symlinks resolved)
+        self.path = path
+        #: the content changed (dry run: would change)
+        self.changed = changed
+        #: the file did not exist and was (would be) created
+        self.created = created
+        self.dry_run = dry_run
+        #: the read the written content was built from (None: the file did not exist)
+        self.snapshot = snapshot
+        #: bytes of the new content
+        self.new_size = new_size
+        #: waiting for our lock and mountd's
+        self.lock_wait_seconds = lock_wait_seconds
+        #: total time mountd's lock was held (0.0 when not taken)
+        self.lock_hold_seconds = lock_hold_seconds
+        #: how often mountd's lock was taken
+        self.lock_acquisitions = lock_acquisitions
+        #: reads beyond the first, because the file changed under us
+        self.rereads = rereads
+        #: the live rmtab had been modified in the current second: we waited for
+        #: the next one, so that the new file's (natural) mtime second differs
+        #: for mountd's DUMP cache
+        self.mtime_bumped = mtime_bumped
+        #: seconds spent waiting for that new second (never under mountd's lock)
+        self.mtime_wait_seconds = mtime_wait_seconds
+        self.stale_temps_removed: list[Path] = (
+            [] if stale_temps_removed is None else stale_temps_removed
+        )
 
 
 class _Comparer:
