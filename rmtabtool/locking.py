@@ -52,6 +52,11 @@ MOUNTD_LOCK_NAME = ".rmtab.lock"
 #: Our own lock for a target ``<dir>/<name>`` is ``<dir>/.<name>.rmtabtool-lock``
 #: (see :func:`tool_lock_path` for targets in directories others can write in).
 TOOL_LOCK_SUFFIX = ".rmtabtool-lock"
+#: A file name's limit in bytes (Linux NAME_MAX). A target whose lock name would
+#: exceed it has ``.<its first _LONG_NAME_KEEP bytes>~<hash>.rmtabtool-lock``.
+_NAME_MAX = 255
+_LONG_NAME_KEEP = 100
+_LONG_NAME_HASH = 12
 
 # Polling: mountd holds its lock for a few milliseconds per request, so start with
 # short sleeps and back off to a low ceiling: a busy mountd frees its lock only
@@ -414,6 +419,19 @@ def _private_lock_directory() -> Path:
     raise problem or errors.OutputError("no private directory for rmtabtool's lock files")
 
 
+def cut_long_name(raw: bytes) -> str:
+    """A long file name's first _LONG_NAME_KEEP bytes, ``~`` and a hash of all of it.
+
+    For the names rmtabtool derives from a target's (temp files, lock files), so
+    that they fit in NAME_MAX and two long names that share their start still
+    get different ones.
+    """
+    import hashlib  # 4 ms of start-up (OpenSSL), for long names only
+
+    digest = hashlib.sha256(raw).hexdigest()[:_LONG_NAME_HASH]
+    return f"{os.fsdecode(raw[:_LONG_NAME_KEEP])}~{digest}"
+
+
 def tool_lock_path(target: Path) -> Path:
     """Where the :class:`ToolLock` of ``target`` lives.
 
@@ -432,6 +450,10 @@ def tool_lock_path(target: Path) -> Path:
         digest = hashlib.sha256(os.fsencode(os.fspath(target))).hexdigest()[:32]
         return _private_lock_directory() / f"{digest}{TOOL_LOCK_SUFFIX}"
     name = target.name if target.name.startswith(".") else f".{target.name}"
+    raw = os.fsencode(name)
+    if len(raw) + len(TOOL_LOCK_SUFFIX) > _NAME_MAX:
+        # ``.<name>.rmtabtool-lock`` would not fit (ENAMETOOLONG)
+        name = cut_long_name(raw)
     return target.with_name(f"{name}{TOOL_LOCK_SUFFIX}")
 
 

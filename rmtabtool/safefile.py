@@ -55,7 +55,7 @@ from typing import Any, BinaryIO, Optional, Union
 
 from . import errors
 from ._record import FrozenRecord, Record
-from .locking import MountdLock, ToolLock, _shared_directory
+from .locking import _LONG_NAME_KEEP, MountdLock, ToolLock, _shared_directory, cut_long_name
 from .table import CHUNK_SIZE, ReadResult, auto_jobs, read_bytes, read_table
 
 __all__ = [
@@ -89,9 +89,9 @@ ReadProgress = Callable[[int, int], None]
 TEMP_MARK = ".rmtabtool-"
 TEMP_SUFFIX = ".tmp"
 #: A longer target name is cut to this many bytes in its temp names (NAME_MAX is
-#: 255) and followed by ``~`` and this many hex digits of the whole name's SHA-256.
-_NAME_KEEP = 100
-_NAME_HASH = 12
+#: 255) and followed by ``~`` and 12 hex digits of the whole name's SHA-256
+#: (:func:`~rmtabtool.locking.cut_long_name`).
+_NAME_KEEP = _LONG_NAME_KEEP
 
 #: AtomicWriter's write buffer.
 WRITE_BUFFER = 1 << 20
@@ -382,10 +382,7 @@ def _temp_prefix(name: str) -> str:
     raw = os.fsencode(name)
     if len(raw) <= _NAME_KEEP:
         return f".{name}{TEMP_MARK}"
-    import hashlib  # 4 ms of start-up (OpenSSL), for long names only
-
-    digest = hashlib.sha256(raw).hexdigest()[:_NAME_HASH]
-    return f".{os.fsdecode(raw[:_NAME_KEEP])}~{digest}{TEMP_MARK}"
+    return f".{cut_long_name(raw)}{TEMP_MARK}"
 
 
 def _old_temp_prefix(name: str) -> Optional[str]:

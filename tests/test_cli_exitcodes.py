@@ -446,6 +446,28 @@ def test_exit_74_on_efbig_and_nothing_half_written(tmp_path: Path) -> None:
     assert not leftovers, f"temporary files left behind: {leftovers}"
 
 
+def test_longest_names_rewrite_and_a_rejects_name_too_long_is_exit_74(tmp_path: Path) -> None:
+    """A 255-byte file name (NAME_MAX) is deduplicated in place: its own lock and
+    temp names are cut to fit. Its default ``<name>.rejects`` cannot exist: with
+    rejected lines to move, the rewrite fails (74, one line, the file untouched)
+    and ``--rejects PATH`` is the way out."""
+    live = tmp_path / "elsewhere" / "rmtab"
+    target = tmp_path / ("n" * 255)
+    target.write_bytes(BLOAT_TWO)
+    proc = run("dedupe", target, "--rmtab", live)
+    assert proc.returncode == 0, proc.stderr
+    assert target.read_bytes() == b"10.0.0.1:/srv/data:0x00000001\n10.0.0.2:/srv/data:0x00000001\n"
+    target.write_bytes(BLOATED)
+    proc = run("dedupe", target, "--rmtab", live)
+    assert proc.returncode == 74, proc.stderr
+    assert ".rejects" in one_error_line(proc)
+    assert target.read_bytes() == BLOATED
+    proc = run("dedupe", target, "--rejects", tmp_path / "r", "--rmtab", live)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "r").read_bytes() == b"\n# a comment\n"
+    assert b"# a comment" not in target.read_bytes()
+
+
 # ---------------------------------------------------------------- 75
 
 HOLDER = textwrap.dedent(

@@ -284,6 +284,29 @@ def test_tool_lock_lives_beside_the_target_and_is_not_mountds(tmp_path: Path) ->
     assert not (tmp_path / MOUNTD_LOCK_NAME).exists()
 
 
+def test_tool_lock_names_of_long_target_names_fit_name_max(tmp_path: Path) -> None:
+    """``.<name>.rmtabtool-lock`` has 16 bytes more than the name: a target name
+    over 239 bytes made it longer than NAME_MAX (255), and every writing command
+    on such a file failed with ENAMETOOLONG (exit 74). Such names now keep their
+    first 100 bytes and a hash of the whole name; shorter ones keep the plain
+    name, which other rmtabtool versions use too."""
+    os.chmod(tmp_path, 0o755)
+    plain = "r" * 239
+    assert tool_lock_path(tmp_path / plain).name == f".{plain}.rmtabtool-lock"
+    first, second = "\u20ac" * 80 + "a", "\u20ac" * 80 + "b"  # 241 bytes, same start
+    locks = [tool_lock_path(tmp_path / name) for name in (first, second, "x" * 255)]
+    assert len({lock.name for lock in locks}) == 3
+    for lock in locks:
+        assert lock.parent == tmp_path
+        assert len(os.fsencode(lock.name)) <= 255
+        assert lock.name.endswith(".rmtabtool-lock")
+    for name in (first, second, "x" * 255):
+        with ToolLock(tmp_path / name, 1) as held:
+            assert held.locked
+    # the hidden and the plain spelling still share their lock, long or short
+    assert tool_lock_path(tmp_path / ("." + "y" * 250)) == tool_lock_path(tmp_path / ("y" * 250))
+
+
 def test_another_rmtabtool_run_makes_us_time_out(statedir: Path) -> None:
     rmtab = statedir / "rmtab"
     with holding(tool_lock_path(rmtab), "flock-ex"):

@@ -607,6 +607,17 @@ def test_temp_names_fit_name_max_for_long_non_ascii_names(tmp_path: Path) -> Non
     assert target.read_bytes() == b"10.0.0.1:/srv/a:0x00000001\n"
 
 
+def test_a_target_with_the_longest_possible_name_is_rewritten(tmp_path: Path) -> None:
+    """A 255-byte name (NAME_MAX): its temp and lock names are cut and hashed;
+    nothing derived from it is too long (its lock name was, before)."""
+    target = tmp_path / ("n" * 255)
+    target.write_bytes(BLOATED)
+    report = rewrite_file(target, dedupe, mountd_statedir=None, timeout=5)
+    assert report.changed
+    assert target.read_bytes() == CANONICAL
+    assert temps(tmp_path) == []
+
+
 def test_stale_temps_of_the_old_cut_name_scheme_are_still_cleaned(tmp_path: Path) -> None:
     """Before the hash, a long name's temps were ``.<first 100 characters>.rmtabtool-
     <16 hex>.tmp``: exactly the temps of a target named by those 100 characters.
