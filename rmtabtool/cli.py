@@ -281,7 +281,12 @@ def _guard(fn: Callable[[], None], *, as_json: bool) -> None:
     except Exception as exc:
         if _State.debug:
             traceback.print_exc()
-        hint = "" if _State.debug else " (run with --debug or RMTABTOOL_DEBUG=1 for a traceback)"
+        # --debug is an option of rmtabtool itself: after the command it is a usage error
+        hint = (
+            ""
+            if _State.debug
+            else " (for a traceback: rmtabtool --debug COMMAND ..., or RMTABTOOL_DEBUG=1)"
+        )
         _fail(
             f"internal error: {type(exc).__name__}: {exc}{hint}",
             errors.EXIT_SOFTWARE,
