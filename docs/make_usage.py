@@ -30,7 +30,9 @@ Common options: `--json` (exactly one JSON object on stdout), `-q`/`--quiet`
 (nothing on success; errors still one line on stderr), `--rmtab PATH` (the live
 rmtab; its directory is rpc.mountd's statedir, where `.rmtab.lock` lives), and
 for the writing commands `--lock-timeout SECONDS`, `--dry-run`, `--strict`,
-`--rejects PATH`. Colour only on a terminal; `NO_COLOR` is respected. The
+`--rejects PATH`; `--debug` (before or after the command, or
+`RMTABTOOL_DEBUG=1`) adds a traceback to an internal error (exit 70). Colour
+only on a terminal; `NO_COLOR` is respected. The
 complete option list is in [cli-reference.md](cli-reference.md), the exit codes
 in [exit-codes.md](exit-codes.md).
 

@@ -94,6 +94,24 @@ RmtabOpt = Annotated[
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print exactly one JSON object on stdout.")]
+
+
+def _debug(value: bool) -> None:
+    if value:
+        _State.debug = True
+
+
+#: ``--debug`` after the command as well as before it (the error hint's reader
+#: types it at the end of the line they just ran)
+DebugOpt = Annotated[
+    bool,
+    typer.Option(
+        "--debug",
+        callback=_debug,
+        expose_value=False,
+        help="Show a traceback on internal errors (as before the command).",
+    ),
+]
 QuietOpt = Annotated[
     bool, typer.Option("--quiet", "-q", help="Print nothing on success; errors still go to stderr.")
 ]
@@ -281,11 +299,8 @@ def _guard(fn: Callable[[], None], *, as_json: bool) -> None:
     except Exception as exc:
         if _State.debug:
             traceback.print_exc()
-        # --debug is an option of rmtabtool itself: after the command it is a usage error
         hint = (
-            ""
-            if _State.debug
-            else " (for a traceback: rmtabtool --debug COMMAND ..., or RMTABTOOL_DEBUG=1)"
+            "" if _State.debug else " (run again with --debug or RMTABTOOL_DEBUG=1 for a traceback)"
         )
         _fail(
             f"internal error: {type(exc).__name__}: {exc}{hint}",
@@ -575,6 +590,7 @@ def stats(
     lock_timeout: TimeoutOpt = 10.0,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
+    debug: DebugOpt = False,
 ) -> None:
     """Describe an rmtab: size, bloat, duplicates, rejected lines, mounts per path."""
     if as_json and prometheus == operations.STDIO:
@@ -660,6 +676,7 @@ def dedupe(
     lock_timeout: TimeoutOpt = 10.0,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
+    debug: DebugOpt = False,
 ) -> None:
     """Collapse to one canonical line per (client, path), keeping the max count."""
     _no_json_with_stdout_data(as_json, output)
@@ -715,6 +732,7 @@ def merge(
     lock_timeout: TimeoutOpt = 10.0,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
+    debug: DebugOpt = False,
 ) -> None:
     """Union of rmtab files: one line per (client, path) with the max count."""
     if into is not None and output is not None:
@@ -771,6 +789,7 @@ def backup(
     lock_timeout: TimeoutOpt = 10.0,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
+    debug: DebugOpt = False,
 ) -> None:
     """Save the live rmtab's entries for one export, atomically."""
     if as_json and to == operations.STDIO:
@@ -826,6 +845,7 @@ def restore(
     lock_timeout: TimeoutOpt = 10.0,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
+    debug: DebugOpt = False,
 ) -> None:
     """Merge an export's backup into the live rmtab (never append), atomically."""
 
@@ -877,6 +897,7 @@ def forget(
     lock_timeout: TimeoutOpt = 10.0,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
+    debug: DebugOpt = False,
 ) -> None:
     """Remove stale entries (all given filters must match), in place, locked."""
     if not client and path is None and export is None:

@@ -46,7 +46,8 @@ def render() -> str:
         "`tests/test_docs.py` fails when this file and the code disagree.",
         "",
         "Global options: `--version` (print the version and exit), `--debug` (show a",
-        "traceback on internal errors; also `RMTABTOOL_DEBUG=1`), `-h`/`--help`.",
+        "traceback on internal errors; also after the command, or `RMTABTOOL_DEBUG=1`),",
+        "`-h`/`--help`.",
         "Exit codes: [exit-codes.md](exit-codes.md).",
         "",
     ]

@@ -349,11 +349,11 @@ def test_exit_70_internal_error_is_one_line_and_a_traceback_only_when_asked(
     err = one_error_line(proc)
     assert "internal error" in err
     assert "simulated bug in the library" in err
-    # the hint shows where --debug goes (after the command it is a usage error)
-    assert "rmtabtool --debug COMMAND" in err
+    assert "--debug" in err
 
     debug_runs: list[tuple[list[str | Path], dict[str, str]]] = [
         (["--debug", "stats", rmtab], clean_env()),
+        (["stats", rmtab, "--debug"], clean_env()),  # where a reader of the hint adds it
         (["stats", rmtab], clean_env(RMTABTOOL_DEBUG="1")),
     ]
     for argv, env in debug_runs:
