@@ -336,13 +336,17 @@ def _parse_canonical(line: bytes) -> Optional[Entry]:
     return self
 
 
-def parse_line(line: bytes) -> Union[Entry, Rejected]:
+def parse_line(line: Union[bytes, bytearray, memoryview]) -> Union[Entry, Rejected]:
     """Parse one rmtab line (with or without its ``\\n``). Never raises.
 
     Returns an :class:`Entry` in normal form or a :class:`Rejected` with the
-    original bytes (less the final ``\\n``) and the reason.
+    original bytes (less the final ``\\n``) and the reason. Another bytes-like
+    object (``bytearray``, ``memoryview``) is copied to ``bytes`` first, so what
+    comes back never shares a buffer the caller may change; anything else (a
+    ``str``) is a ``TypeError``.
     """
-    return _parse_canonical(line) or _parse_full(line)
+    data = line if type(line) is bytes else memoryview(line).tobytes()
+    return _parse_canonical(data) or _parse_full(data)
 
 
 def _parse_full(line: bytes) -> Union[Entry, Rejected]:

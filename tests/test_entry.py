@@ -480,6 +480,27 @@ def test_parse_line_never_raises_and_keeps_rejected_bytes(line: bytes) -> None:
 
 
 @PROPS
+@given(st.one_of(rmtab_lines, st.binary()))
+def test_parse_line_takes_any_bytes_like_and_returns_plain_bytes(line: bytes) -> None:
+    """A bytearray gave an Entry holding bytearrays (mutable, unhashable) and a
+    memoryview raised AttributeError: both are copied to bytes first now."""
+    expected = parse_line(line)
+    for other in (bytearray(line), memoryview(line)):
+        result = parse_line(other)
+        assert result == expected
+        if isinstance(result, Entry):
+            assert (type(result.client), type(result.path)) == (bytes, bytes)
+            assert hash(result) == hash(expected)
+        else:
+            assert type(result.line) is bytes
+
+
+def test_parse_line_refuses_text() -> None:
+    with pytest.raises(TypeError):
+        parse_line("h:/p:0x00000001\n")  # type: ignore[arg-type]
+
+
+@PROPS
 @given(rmtab_lines)
 @example(b"h:/p:0x00000001")
 @example(b"h:/p:0x1\r")
