@@ -25,7 +25,8 @@ for links:
   left that second (a stat and a utime under the lock; see _restamp);
 * mountd's lock is held for a stat, the rename and the caller's ``before_commit``
   only (measured by benchmarks/lock_hold.py: at most ~2 ms for the in-place
-  dedupe of a 1.6 GB file; an unchanged file takes no lock at all; the replaced
+  dedupe of a 1.6 GB file; an unchanged file takes only the shared lock, for a
+  stat, as a pure read does; the replaced
   file's blocks are freed after the lock is released, not inside rename(2)).
   The exception: a file that mountd keeps changing faster than we can rebuild
   it (OPTIMISTIC_RETRIES lost races, ~70 MNT/UMNT a second on 2,000 lines) is
@@ -1422,7 +1423,17 @@ def _rewrite_locked(
                     snap = confirmed
                     continue
                 if out.identical():
-                    # The file, as it is right now, already holds exactly this.
+                    # The file, as it is right now, already holds exactly this. For
+                    # the live rmtab, only if the read was of a complete version:
+                    # mountd's UMNT renames its temp file into place before writing
+                    # its last buffer, and build() may leave such a prefix as it is
+                    # (a forget whose entry is in the missing tail). Confirmed like
+                    # a pure read: a stat under the shared lock, never the exclusive.
+                    if mountd is not None and snap is not None and snap is not confirmed:
+                        confirmed = _confirm(path, snap, mountd_statedir, timeout, report, reading)
+                        if confirmed is not snap:
+                            snap = confirmed
+                            continue
                     report.snapshot = snap.result if snap is not None else None
                     report.new_size = out.size
                     return

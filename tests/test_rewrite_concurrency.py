@@ -22,6 +22,7 @@ from mountd_like import command, model, plan
 from rmtabtool import operations
 from rmtabtool import safefile as sf
 from rmtabtool.entry import Entry, format_entry
+from rmtabtool.locking import MountdLock
 from rmtabtool.safefile import read_snapshot, rewrite_file
 from rmtabtool.table import ReadResult, read_bytes, read_table
 
@@ -303,3 +304,71 @@ def test_strict_refusal_is_decided_on_a_complete_file_not_on_mountds_rename_wind
     check_complete(final)
     assert (b"10.9.9.9", b"/srv/gone") not in counts(final)
     assert not Path(f"{rmtab}.rejects").exists()
+
+
+FLAP = Entry(b"10.8.8.8", b"/srv/flap", 1)
+
+
+def torn_at_a_line_end(static: bytes, last: bytes) -> bytes:
+    """``GONE`` + a filler line + ``static`` + ``last``, the filler sized so that
+    once a UMNT of GONE has written only its whole 4096-byte stdio buffers, the
+    file ends exactly at a line end, before ``last``: a torn file that is still a
+    clean, canonical rmtab."""
+    for pad in range(128):
+        filler = b"10.0.0.1:/srv/" + b"p" * pad + b":0x00000001\n"
+        after = filler + static + last
+        cut = len(after) - len(after) % 4096
+        if after[cut - 1 : cut] == b"\n" and cut <= len(after) - len(last):
+            return GONE + after
+    raise AssertionError("no filler puts the cut at a line end")
+
+
+def test_a_no_op_is_decided_on_a_complete_file_not_on_mountds_rename_window(
+    statedir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A torn read that ends at a line end is a clean rmtab: ``forget`` of an entry
+    in the missing tail finds nothing to do, and the file as it is at that moment
+    holds exactly that. Deciding "unchanged" there reported success with the entry
+    still in the file (seen in CI, with the real rpc.mountd). The no-op must be
+    confirmed like a pure read: under the shared lock, which mountd holds until it
+    has written its last buffer.
+
+    Deterministic: the UMNT holds its window open until rmtabtool first asks for
+    mountd's lock (shared or exclusive); without that request the test fails."""
+    rmtab = statedir / "rmtab"
+    rmtab.write_bytes(torn_at_a_line_end(STATIC_BYTES, format_entry(FLAP)))
+    proc = subprocess.Popen(
+        command("umnt", str(statedir), "10.9.9.9", "/srv/gone", "--hold"),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    stdin, stdout = proc.stdin, proc.stdout
+    assert stdin is not None
+    assert stdout is not None
+    real_acquire = MountdLock.acquire
+
+    def let_mountd_finish_first(lock: MountdLock) -> None:
+        if not stdin.closed:
+            stdin.close()  # only now may the UMNT write its tail
+        real_acquire(lock)
+
+    try:
+        assert stdout.readline() == b"renamed\n"
+        torn = read_table(rmtab)
+        assert not torn.rejected  # the torn file is clean...
+        assert not torn.missing_final_newline
+        assert FLAP.key not in counts(torn)  # ...and lacks the entry to forget
+        monkeypatch.setattr(MountdLock, "acquire", let_mountd_finish_first)
+        result = operations.forget(operations.Live(rmtab, lock_timeout=60), clients=[b"10.8.8.8"])
+    finally:
+        if not stdin.closed:
+            stdin.close()
+        proc.wait(timeout=60)
+        stdout.close()
+    assert proc.returncode == 0
+    assert result.changed
+    assert [e.key for e in result.removed] == [FLAP.key]
+    final = read_table(rmtab)
+    check_complete(final)
+    assert FLAP.key not in counts(final)
+    assert (b"10.9.9.9", b"/srv/gone") not in counts(final)

@@ -17,7 +17,7 @@ from mountd_like import command
 
 from rmtabtool import errors
 from rmtabtool import safefile as sf
-from rmtabtool.locking import ToolLock
+from rmtabtool.locking import MountdLock, ToolLock
 from rmtabtool.safefile import (
     AtomicWriter,
     FileState,
@@ -128,19 +128,31 @@ def test_temp_file_is_fsynced_before_the_rename_and_the_directory_after(
     assert events[2] == ("fsync", "dir", f"{directory.st_dev}:{directory.st_ino}")  # the dir
 
 
-def test_identical_content_is_not_written_at_all(rmtab: Path) -> None:
+def test_identical_content_is_not_written_at_all(
+    rmtab: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     rmtab.write_bytes(CANONICAL)
     rewrite_file(rmtab, dedupe, mountd_statedir=rmtab.parent, timeout=5)  # lock files appear
     listing = sorted(os.listdir(rmtab.parent))
     before = os.stat(rmtab)
     dir_before = os.stat(rmtab.parent)
+    taken: list[bool] = []  # shared?
+    real_acquire = MountdLock.acquire
 
+    def spy(lock: MountdLock) -> None:
+        taken.append(lock.shared)
+        real_acquire(lock)
+
+    monkeypatch.setattr(MountdLock, "acquire", spy)
     report = rewrite_file(rmtab, dedupe, mountd_statedir=rmtab.parent, timeout=5)
+    monkeypatch.undo()
 
     after = os.stat(rmtab)
     assert not report.changed
     assert report.snapshot is not None
-    assert report.lock_hold_seconds == 0.0  # mountd never had to wait
+    # mountd's exclusive lock is never taken: only the shared one, for a stat
+    # confirming the read was of a complete file (as a pure read does)
+    assert taken == [True]
     assert (after.st_ino, after.st_mtime_ns, after.st_ctime_ns) == (
         before.st_ino,
         before.st_mtime_ns,
