@@ -13,6 +13,7 @@ import os
 import subprocess
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
@@ -252,6 +253,34 @@ def torn_by_umnt(static: bytes) -> bytes:
     raise AssertionError("no filler puts the cut inside a client name")
 
 
+@contextmanager
+def umnt_held_in_its_window(statedir: Path) -> Iterator[Callable[[], None]]:
+    """A mountd-like UMNT of GONE, stopped between its rename of rmtab.tmp into
+    place and the write of its last stdio buffer (holding mountd's lock). Yields
+    ``release``, which lets it finish; it must then succeed."""
+    proc = subprocess.Popen(
+        command("umnt", str(statedir), "10.9.9.9", "/srv/gone", "--hold"),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    stdin, stdout = proc.stdin, proc.stdout
+    assert stdin is not None
+    assert stdout is not None
+
+    def release() -> None:
+        if not stdin.closed:
+            stdin.close()  # only now may the UMNT write its tail
+
+    try:
+        assert stdout.readline() == b"renamed\n"
+        yield release
+    finally:
+        release()
+        proc.wait(timeout=60)
+        stdout.close()
+    assert proc.returncode == 0
+
+
 def test_strict_refusal_is_decided_on_a_complete_file_not_on_mountds_rename_window(
     statedir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -264,37 +293,22 @@ def test_strict_refusal_is_decided_on_a_complete_file_not_on_mountds_rename_wind
     the file has happened (no sleeps, no timing)."""
     rmtab = statedir / "rmtab"
     rmtab.write_bytes(torn_by_umnt(STATIC_BYTES * 2))  # twice: dedupe has work to do
-    proc = subprocess.Popen(
-        command("umnt", str(statedir), "10.9.9.9", "/srv/gone", "--hold"),
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-    )
-    stdin, stdout = proc.stdin, proc.stdout
-    assert stdin is not None
-    assert stdout is not None
     reads: list[Optional[ReadResult]] = []
     real_read_once = sf._read_once
 
-    def read_then_let_mountd_finish(
-        path: Path, *, settle: bool = False, reading: sf._Reading = sf._PLAIN
-    ) -> Optional[sf._Snapshot]:
-        snap = real_read_once(path, settle=settle, reading=reading)
-        reads.append(snap.result if snap is not None else None)
-        if not stdin.closed:
-            stdin.close()  # only now may the UMNT write its tail
-        return snap
+    with umnt_held_in_its_window(statedir) as release:
 
-    try:
-        assert stdout.readline() == b"renamed\n"
+        def read_then_let_mountd_finish(
+            path: Path, *, settle: bool = False, reading: sf._Reading = sf._PLAIN
+        ) -> Optional[sf._Snapshot]:
+            snap = real_read_once(path, settle=settle, reading=reading)
+            reads.append(snap.result if snap is not None else None)
+            release()
+            return snap
+
         assert read_bytes(rmtab.read_bytes()).rejected  # the hazard is real
         monkeypatch.setattr(sf, "_read_once", read_then_let_mountd_finish)
         result = operations.dedupe(rmtab, operations.Live(rmtab, lock_timeout=60), strict=True)
-    finally:
-        if not stdin.closed:
-            stdin.close()
-        proc.wait(timeout=60)
-        stdout.close()
-    assert proc.returncode == 0
     first = reads[0]
     assert first is not None
     assert first.rejected, "the rewrite's first read was not the torn one"
@@ -337,35 +351,20 @@ def test_a_no_op_is_decided_on_a_complete_file_not_on_mountds_rename_window(
     mountd's lock (shared or exclusive); without that request the test fails."""
     rmtab = statedir / "rmtab"
     rmtab.write_bytes(torn_at_a_line_end(STATIC_BYTES, format_entry(FLAP)))
-    proc = subprocess.Popen(
-        command("umnt", str(statedir), "10.9.9.9", "/srv/gone", "--hold"),
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-    )
-    stdin, stdout = proc.stdin, proc.stdout
-    assert stdin is not None
-    assert stdout is not None
     real_acquire = MountdLock.acquire
 
-    def let_mountd_finish_first(lock: MountdLock) -> None:
-        if not stdin.closed:
-            stdin.close()  # only now may the UMNT write its tail
-        real_acquire(lock)
+    with umnt_held_in_its_window(statedir) as release:
 
-    try:
-        assert stdout.readline() == b"renamed\n"
+        def let_mountd_finish_first(lock: MountdLock) -> None:
+            release()
+            real_acquire(lock)
+
         torn = read_table(rmtab)
         assert not torn.rejected  # the torn file is clean...
         assert not torn.missing_final_newline
         assert FLAP.key not in counts(torn)  # ...and lacks the entry to forget
         monkeypatch.setattr(MountdLock, "acquire", let_mountd_finish_first)
         result = operations.forget(operations.Live(rmtab, lock_timeout=60), clients=[b"10.8.8.8"])
-    finally:
-        if not stdin.closed:
-            stdin.close()
-        proc.wait(timeout=60)
-        stdout.close()
-    assert proc.returncode == 0
     assert result.changed
     assert [e.key for e in result.removed] == [FLAP.key]
     final = read_table(rmtab)
