@@ -1397,6 +1397,21 @@ def _rewrite_locked(
 
     snap = _read_once(path, settle=mountd is not None, reading=reading)
     confirmed: Optional[_Snapshot] = None  # a snapshot _confirm proved complete
+
+    def complete() -> bool:
+        """Was ``snap`` one complete version, not a read torn by mountd's UMNT (it
+        renames its temp file into place BEFORE writing its last buffer)? Confirmed
+        like a pure read, under the shared lock, once per snapshot. If not, ``snap``
+        becomes a read that is, for the caller to build from again."""
+        nonlocal snap, confirmed
+        if snap is None or snap is confirmed:
+            return True
+        confirmed = _confirm(path, snap, mountd_statedir, timeout, report, reading)
+        if confirmed is snap:
+            return True
+        snap = confirmed
+        return False
+
     retries = 0
     committed: Optional[AtomicWriter] = None
     collided: Optional[int] = None  # the mtime second our new file shares with the old one
@@ -1411,29 +1426,17 @@ def _rewrite_locked(
                     _stream(build, snap, out)
                 except errors.RmtabError:
                     # build() refused the whole operation for what the file holds
-                    # (--strict and a rejected line). Decide that on one complete
-                    # version, not on a read torn by mountd's UMNT (it renames its
-                    # temp file into place BEFORE writing it): confirmed like a pure
-                    # read, under the shared lock. Only this failure path takes it.
-                    if snap is None or snap is confirmed:
+                    # (--strict and a rejected line): decided on a complete version.
+                    if complete():
                         raise
-                    confirmed = _confirm(path, snap, mountd_statedir, timeout, report, reading)
-                    if confirmed is snap:
-                        raise
-                    snap = confirmed
                     continue
                 if out.identical():
                     # The file, as it is right now, already holds exactly this. For
-                    # the live rmtab, only if the read was of a complete version:
-                    # mountd's UMNT renames its temp file into place before writing
-                    # its last buffer, and build() may leave such a prefix as it is
-                    # (a forget whose entry is in the missing tail). Confirmed like
-                    # a pure read: a stat under the shared lock, never the exclusive.
-                    if mountd is not None and snap is not None and snap is not confirmed:
-                        confirmed = _confirm(path, snap, mountd_statedir, timeout, report, reading)
-                        if confirmed is not snap:
-                            snap = confirmed
-                            continue
+                    # the live rmtab, only if the read was complete: build() may
+                    # leave a torn prefix as it is (a forget whose entry is in the
+                    # missing tail). The shared lock only, never the exclusive.
+                    if mountd is not None and not complete():
+                        continue
                     report.snapshot = snap.result if snap is not None else None
                     report.new_size = out.size
                     return
